@@ -1,0 +1,1 @@
+"""the0 runtime service: a pykka supervision tree that keeps bots running (python -m actors.main)."""
