@@ -259,3 +259,10 @@ class RunNow:
 @dataclass(frozen=True)
 class GetStatus:
     """Ask: the actor's status as a JSON-able dict."""
+
+
+@dataclass(frozen=True)
+class ClusterStatus:
+    """Status reported by a platform that restarts bots itself (Kubernetes): phase, restarts, last exit."""
+
+    status: Mapping[str, Any]
