@@ -23,6 +23,33 @@ class StoreUnavailable(StoreError):
     """The store cannot be reached now; retry later. Nothing was changed."""
 
 
+def check_collection(collection: str) -> str:
+    """Return ``collection`` when it is BOTS or SCHEDULES; StoreError otherwise."""
+    if collection not in COLLECTIONS:
+        raise StoreError(f"unknown collection {collection!r}; use one of {', '.join(COLLECTIONS)}")
+    return collection
+
+
+def doc_id(doc: Any) -> str:
+    """The ``id`` of a desired-state document; StoreError when it is not a dict with a non-empty str id."""
+    if not isinstance(doc, dict):
+        raise StoreError(f"a document must be a JSON object, got {type(doc).__name__}")
+    value = doc.get("id")
+    if not isinstance(value, str) or not value:
+        raise StoreError(f"a document needs a non-empty string 'id', got {value!r}")
+    return value
+
+
+def run_keys(run: Any) -> tuple[str, str]:
+    """(run_id, schedule_id) of a run record; StoreError when either is not a non-empty str."""
+    if not isinstance(run, dict):
+        raise StoreError(f"a run must be a dict, got {type(run).__name__}")
+    run_id, schedule_id = run.get("run_id"), run.get("schedule_id")
+    if not isinstance(run_id, str) or not run_id or not isinstance(schedule_id, str) or not schedule_id:
+        raise StoreError(f"a run needs non-empty string run_id and schedule_id, got {run_id!r}, {schedule_id!r}")
+    return run_id, schedule_id
+
+
 class Store(abc.ABC):
     # --- desired state: ``collection`` is BOTS or SCHEDULES --------------------------------------
     @abc.abstractmethod
