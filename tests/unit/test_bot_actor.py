@@ -1,9 +1,8 @@
 """BotActor: start, adoption, restart policies, backoff sequence and reset, config-hash replacement.
 
 Time is a ManualClock: backoff and the stable-running reset are exercised by advancing it, never by
-sleeping. The backend is ``FakeBackend``, an in-memory stand-in for the Backend interface that records
-calls (the real backends are tested against real processes, dockerd and kube-apiserver in
-tests/integration); it lets these tests count exactly how many times a container was started or stopped.
+sleeping. The backend is tests.fakes.FakeBackend, an in-memory stand-in for the Backend interface (the real
+backends are tested in tests/integration); it counts exactly how many times a task was started or stopped.
 """
 from __future__ import annotations
 
@@ -13,82 +12,14 @@ import threading
 import pykka
 import pytest
 
-from actors.backends.base import Backend, BackendError, Capabilities, ExitResult, Handle, RunSpec, TaskState
+from actors.backends.base import Handle
 from actors.bot import BotActor, backoff_delay
 from actors.config import RestartDefaults
 from actors.directory import Directory
 from actors.messages import BotDefinition, Exited, GetStatus, Reconfigure, RestartNow
 from actors.status import StatusBoard
 from daemon.clock import ManualClock
-
-
-def bot_doc(bot_id="b1", **config):
-    return {
-        "id": bot_id,
-        "config": dict(config),
-        "custom": {"version": "1", "filePath": f"{bot_id}/code.zip",
-                   "config": {"runtime": "python3.11", "entrypoints": {"bot": "main.py"}}},
-    }
-
-
-def defn(bot_id="b1", **config) -> BotDefinition:
-    return BotDefinition.from_document(bot_doc(bot_id, **config), "realtime")
-
-
-class FakeBackend(Backend):
-    name = "fake"
-
-    def __init__(self, restarts_bots=False, fail_starts=0):
-        self.capabilities = Capabilities(restarts_bots=restarts_bots)
-        self.lock = threading.Lock()
-        self.started: list[RunSpec] = []
-        self.stopped: list[Handle] = []
-        self.removed: list[Handle] = []
-        self.running: dict[str, Handle] = {}
-        self.fail_starts = fail_starts
-        self.n = 0
-
-    def start(self, spec):
-        with self.lock:
-            if self.fail_starts:
-                self.fail_starts -= 1
-                raise BackendError("image missing")
-            if spec.bot.id in self.running:
-                return self.running[spec.bot.id]
-            self.n += 1
-            h = Handle(spec.bot.id, "realtime", f"task-{self.n}", spec.bot.config_hash)
-            self.started.append(spec)
-            self.running[spec.bot.id] = h
-            return h
-
-    def run_once(self, spec):
-        raise NotImplementedError
-
-    def stop(self, handle, grace):
-        with self.lock:
-            self.stopped.append(handle)
-            self.running.pop(handle.bot_id, None)
-        return ExitResult(143)
-
-    def remove(self, handle):
-        self.removed.append(handle)
-
-    def inspect(self, handle):
-        return TaskState(running=handle.bot_id in self.running)
-
-    def list_managed(self):
-        return list(self.running.values())
-
-    def logs(self, handle, tail=100):
-        return []
-
-    def watch(self, on_exit):
-        pass
-
-    def die(self, bot_id):
-        """The task ends by itself (the test then tells the actor, as the event watcher would)."""
-        with self.lock:
-            return self.running.pop(bot_id)
+from tests.fakes import FakeBackend, bot_doc, defn
 
 
 DEFAULTS = RestartDefaults()
