@@ -310,15 +310,18 @@ class Supervisor(Supervised):
         super().on_failure(exception_type, exception_value, traceback)
 
     def on_exit(self, reason: str, error: BaseException | None) -> None:
-        """Reports to the parent; a root supervisor that failed calls ``on_give_up(reason)``."""
+        """Runs in the supervisor's thread as its last act: reports to the parent; a root supervisor
+        that failed calls ``on_give_up(reason)`` (if that raises, the error is logged)."""
         super().on_exit(reason, error)
         if reason == FAILURE and self.link is None and self.on_give_up is not None:
             try:
-                self.on_give_up(str(error) if error is not None else "failure")
+                self.on_give_up((str(error) or repr(error)) if error is not None else "failure")
             except Exception:  # noqa: BLE001 - a callback must not hide the give-up
                 log.exception("on_give_up of supervisor %r raised", self.name)
 
     def on_receive(self, message: Any) -> Any:
+        """Runs in the supervisor's thread for each told message: child exit reports and restart
+        retries. If it raises (a bug), ``on_failure`` stops the children and the supervisor fails."""
         if isinstance(message, ChildExit):
             return self._child_exited(message)
         if isinstance(message, _Retry):
