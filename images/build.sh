@@ -56,6 +56,10 @@ fi
 "$DOCKER" info >/dev/null 2>&1 || { echo "build.sh: dockerd is not reachable (start dockerd or set DOCKER_HOST)" >&2; exit 1; }
 
 START=$(date +%s)
+# One build at a time per checkout (test sessions may call this concurrently): the context dir is shared.
+mkdir -p "$ROOT/build"
+exec 9>"$ROOT/build/.images.lock"
+flock 9
 # 1. Wheels for the daemon's dependencies (cached: rebuilt only when the requirements change).
 WHEELS="$ROOT/build/wheelhouse"
 STAMP="$WHEELS/.requirements.sha256"
