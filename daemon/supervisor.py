@@ -304,7 +304,7 @@ class Supervisor(Supervised):
 
     def on_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
         """Runs in the supervisor's thread after one of its own messages raised (a bug): stops the
-        children in reverse order so none is orphaned, then the failure goes upward."""
+        children in reverse order so none is orphaned (does not raise), then the failure goes upward."""
         self._closing = True
         self._stop_children(self._children)
         super().on_failure(exception_type, exception_value, traceback)

@@ -525,3 +525,33 @@ def test_invalid_specs_and_flags_fail_with_clear_errors():
         Supervisor.start(None, children=[ChildSpec("a", lambda link: None), ChildSpec("a", lambda link: None)])
     with pytest.raises(ValueError, match="intensity"):
         Supervisor.start(None, intensity=-1)
+
+
+def test_a_plain_pykka_child_is_started_and_stopped_in_order(journal, clock, caplog):
+    """A child that is not Supervised never reports its end; it is still started, waited for, stopped."""
+    caplog.set_level(logging.DEBUG, logger="daemon.supervisor")
+    gate = threading.Event()
+
+    class Plain(pykka.ThreadingActor):
+        def __init__(self, name, stuck):
+            super().__init__()
+            self.name, self.stuck = name, stuck
+
+        def on_start(self):
+            journal.add("start", self.name)
+
+        def on_stop(self):
+            journal.add("stop", self.name)
+            if self.stuck:
+                gate.wait(30)
+
+    try:
+        sup = start_sup([ChildSpec("p1", lambda link: Plain.start("p1", False)),
+                         ChildSpec("p2", lambda link: Plain.start("p2", True), shutdown=0.2)], clock)
+        assert list(refs(sup)) == ["p1", "p2"]  # answered once the supervisor's on_start is over
+        assert journal.items("start") == ["p1", "p2"]
+        sup.stop(timeout=10)
+        assert journal.items("stop") == ["p2", "p1"]
+        assert abandoned_ids(caplog) == ["p2"]
+    finally:
+        gate.set()
