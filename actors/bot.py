@@ -105,9 +105,14 @@ class BotActor(Supervised):
 
     # --- lifecycle ---------------------------------------------------------------------------------
     def on_start(self) -> None:
-        """Runs in the actor's thread. Adopts the bot's running task when there is one, else starts it."""
+        """Runs in the actor's thread. Registers for events and queues the boot: the supervisor waits for
+        ``on_start``, so the slow part (adopting or starting the task) runs as the first message instead."""
         super().on_start()
         self.directory.register(KIND, self.defn.id, self.actor_ref)
+        self.actor_ref.tell(Timer("boot"))
+
+    def _boot(self) -> None:
+        """Adopt the bot's running task when there is one, else start it."""
         adopted = self._adopt(self.defn.id) if self._adopt else None
         if adopted is not None:
             self.handle = adopted
@@ -277,6 +282,8 @@ class BotActor(Supervised):
         self._timer(delay, "restart")
 
     def _on_timer(self, msg: Timer) -> None:
+        if msg.name == "boot":
+            return self._boot() if self.state == PENDING else None
         if msg.token != self._token:
             return None
         if msg.name == "restart" and self.state == BACKOFF:

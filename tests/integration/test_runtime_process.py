@@ -1,0 +1,232 @@
+"""The whole service, embedded defaults: real nats-server, real bot processes, sqlite, local objects.
+
+``python -m actors.main`` runs as a child process (so it can be killed -9 like in production); the test
+talks to it only through NATS, the object store and /proc, as an operator would.
+"""
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from actors.ctl import zip_dir
+from daemon import layout
+from daemon.storage_local import LocalObjectStore
+from tests.servers._util import free_port, stop_process, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def nats_request(url, subject, payload, timeout=10.0):
+    async def go():
+        import nats
+
+        nc = await nats.connect(url, connect_timeout=3)
+        try:
+            data = payload if isinstance(payload, bytes) else json.dumps(payload).encode()
+            msg = await nc.request(subject, data, timeout=timeout)
+            return json.loads(msg.data)
+        finally:
+            await nc.close()
+
+    return asyncio.run(go())
+
+
+def bot_pids(bot_id: str) -> list[int]:
+    """Processes whose environment says BOT_ID=<bot_id> (the bot itself; the runtime has no BOT_ID)."""
+    pids = []
+    for p in Path("/proc").iterdir():
+        if not p.name.isdigit():
+            continue
+        try:
+            env = (p / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if f"BOT_ID={bot_id}".encode() in env:
+            pids.append(int(p.name))
+    return pids
+
+
+def proc_env(pid: int) -> dict[str, str]:
+    raw = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    return dict(x.decode().split("=", 1) for x in raw if b"=" in x)
+
+
+class RuntimeProcess:
+    def __init__(self, data_dir: Path, nats_url: str, extra_env: dict | None = None):
+        self.data_dir = data_dir
+        self.nats_url = nats_url
+        self.http_port = free_port()
+        self.env = dict(os.environ, THE0_DATA_DIR=str(data_dir), NATS_URL=nats_url,
+                        THE0_HTTP_ADDR=f"127.0.0.1:{self.http_port}", THE0_RECONCILE_INTERVAL="2",
+                        MINIO_ACCESS_KEY="should-never-reach-a-bot", NATS_PASSWORD="nor-this",
+                        **(extra_env or {}))
+        self.env.pop("MINIO_ENDPOINT", None)
+        self.proc: subprocess.Popen | None = None
+
+    def start(self):
+        self.log = open(self.data_dir / f"runtime-{time.time_ns()}.log", "wb")
+        self.proc = subprocess.Popen([sys.executable, "-m", "actors.main"], cwd=ROOT, env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+        wait_for(self.ready, 30, what="runtime /readyz")
+        return self
+
+    def ready(self):
+        import urllib.request
+
+        if self.proc.poll() is not None:
+            raise AssertionError(f"runtime exited with {self.proc.returncode}")
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/readyz", timeout=1) as r:
+                return r.status == 200
+        except Exception:  # noqa: BLE001
+            return False
+
+    def kill9(self):
+        os.kill(self.proc.pid, signal.SIGKILL)
+        self.proc.wait(10)
+
+    def stop(self):
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(60)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+
+    def ctl(self, verb, **payload):
+        return nats_request(self.nats_url, f"the0.runtime.ctl.{verb}", payload)
+
+    def status(self, bot_id):
+        r = self.ctl("status", id=bot_id)
+        return r.get("status") if r.get("ok") else None
+
+
+def counter_doc(bot_id, file_path, **config):
+    return {"id": bot_id, "config": {"interval": 0.2, **config},
+            "custom": {"version": "1", "filePath": file_path,
+                       "config": {"runtime": "python3.11", "entrypoints": {"bot": "main.py"}}}}
+
+
+@pytest.fixture
+def world(tmp_path, nats_server):
+    data = tmp_path / "the0"
+    objects = LocalObjectStore(str(data / "objects"))
+    for name in ("counter", "report"):
+        objects.put_bytes(layout.CODE_BUCKET, f"{name}/code.zip", zip_dir(ROOT / "examples" / name))
+    rt = RuntimeProcess(data, nats_server.url)
+    yield rt, objects
+    rt.stop()
+    for bot in ("counter", "report"):
+        for pid in bot_pids(bot):
+            os.kill(pid, signal.SIGKILL)
+
+
+def read_state_count(data_dir: Path, bot_id: str) -> int:
+    try:
+        return json.loads((data_dir / "bots" / bot_id / "state" / "state.json").read_text())["count"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_realtime_bot_lifecycle_and_runtime_kill9_adoption(world):
+    rt, objects = world
+    rt.start()
+    r = nats_request(rt.nats_url, "the0.bot.created", counter_doc("counter", "counter/code.zip"))
+    assert r["ok"], r
+
+    # it runs, as exactly one process, with a clean environment
+    wait_for(lambda: len(bot_pids("counter")) == 1 and (rt.status("counter") or {}).get("state") == "running",
+             30, what="counter running")
+    pid = bot_pids("counter")[0]
+    env = proc_env(pid)
+    assert not [k for k in env if k.startswith(("MINIO_", "NATS_", "MONGO_", "AWS_", "THE0_"))], sorted(env)
+    assert json.loads(env["BOT_CONFIG"])["interval"] == 0.2 and env["BOT_TYPE"] == "realtime"
+    wait_for(lambda: read_state_count(rt.data_dir, "counter") >= 3, 20, what="counter ticking")
+
+    # state reaches the object store
+    wait_for(lambda: objects.exists(layout.STATE_BUCKET, layout.state_key("counter")), 20, what="state uploaded")
+
+    # kill -9 the bot -> restarted after the backoff, counter continues
+    before = read_state_count(rt.data_dir, "counter")
+    os.kill(pid, signal.SIGKILL)
+    wait_for(lambda: (rt.status("counter") or {}).get("restarts") == 1 and len(bot_pids("counter")) == 1
+             and bot_pids("counter")[0] != pid, 30, what="restart after kill -9")
+    st = rt.status("counter")
+    assert st["last_exit_code"] in (-9, 137), st
+    wait_for(lambda: read_state_count(rt.data_dir, "counter") > before, 20, what="counter continues")
+    pid2 = bot_pids("counter")[0]
+
+    # updated with a new config -> replaced exactly once
+    r = nats_request(rt.nats_url, "the0.bot.updated", counter_doc("counter", "counter/code.zip", symbol="ETH"))
+    assert r["ok"], r
+    wait_for(lambda: bot_pids("counter") and bot_pids("counter")[0] != pid2
+             and json.loads(proc_env(bot_pids("counter")[0])["BOT_CONFIG"]).get("symbol") == "ETH",
+             30, what="replacement with the new config")
+    pid3 = bot_pids("counter")[0]
+    # the same update again changes nothing
+    assert nats_request(rt.nats_url, "the0.bot.updated", counter_doc("counter", "counter/code.zip", symbol="ETH"))["ok"]
+    rt.ctl("list")  # a round trip after the event
+    assert bot_pids("counter") == [pid3]
+
+    # kill -9 the runtime: the bot keeps running; a new runtime adopts it (not restarted, not duplicated)
+    rt.kill9()
+    assert bot_pids("counter") == [pid3]
+    rt.start()
+    wait_for(lambda: (rt.status("counter") or {}).get("state") == "running", 30, what="adopted")
+    ticks = read_state_count(rt.data_dir, "counter")
+    wait_for(lambda: read_state_count(rt.data_dir, "counter") > ticks, 20, what="still ticking")
+    assert bot_pids("counter") == [pid3]
+    assert rt.status("counter")["restarts"] == 0  # a new actor, an adopted task: no restart
+
+    # its log lines were shipped
+    r = rt.ctl("logs", id="counter", tail=5)
+    assert r["ok"] and len(r["lines"]) == 5, r
+
+    # deleted -> stopped
+    r = nats_request(rt.nats_url, "the0.bot.deleted", {"id": "counter"})
+    assert r["ok"], r
+    wait_for(lambda: bot_pids("counter") == [], 30, what="stopped after delete")
+    wait_for(lambda: rt.status("counter") is None, 10, what="status gone")
+
+
+def test_scheduled_bot_runs_on_cron_and_records_runs(world):
+    rt, objects = world
+    rt.start()
+    doc = counter_doc("report", "report/code.zip", schedule="*/2 * * * * *")
+    r = nats_request(rt.nats_url, "the0.bot-schedule.created", doc)
+    assert r["ok"], r
+
+    def finished_runs():
+        reply = rt.ctl("status", id="report")
+        return [x for x in reply.get("runs", []) if x.get("exit_code") == 0] if reply.get("ok") else []
+
+    wait_for(lambda: len(finished_runs()) >= 2, 60, what="two finished runs")
+    runs = finished_runs()
+    assert len({x["run_id"] for x in runs}) == len(runs)  # deterministic, distinct run ids
+    # a run's output reaches the object store
+    wait_for(lambda: any("report" in json.dumps(x) for x in rt.ctl("logs", id="report", tail=50)["lines"]),
+             30, what="run logs shipped")
+    r = rt.ctl("run", id="report")
+    assert r["ok"]
+    r = nats_request(rt.nats_url, "the0.bot-schedule.deleted", {"id": "report"})
+    assert r["ok"]
+    wait_for(lambda: rt.ctl("status", id="report")["ok"] is False, 20, what="schedule gone")
+
+
+def test_bad_requests_leave_the_runtime_healthy(world):
+    rt, _ = world
+    rt.start()
+    for payload in (b"", b"\x00\xff", b"[]", b'{"id": "../x"}', json.dumps({"id": "x" * 5000}).encode()):
+        for subject in ("the0.bot.created", "the0.bot-schedule.updated", "the0.runtime.ctl.status"):
+            r = nats_request(rt.nats_url, subject, payload)
+            assert r["ok"] is False and r["error"]
+    assert rt.ready() and rt.ctl("list") == {"ok": True, "bots": []}
