@@ -165,8 +165,8 @@ class Supervised(pykka.ThreadingActor):
     def __init__(self, link: Link | None = None) -> None:
         super().__init__()
         self.link = link
-        self._exit_error: BaseException | None = None
-        self._failed = False
+        self._sv_error: BaseException | None = None
+        self._sv_failed = False
 
     def on_start(self) -> None:
         """Runs in the actor's thread before any message. If it raises, the error is logged, the actor
@@ -195,18 +195,18 @@ class Supervised(pykka.ThreadingActor):
     # pykka 4.5 private hooks (see class docstring) -------------------------------------------------
 
     def _handle_failure(self, exception_type: Any, exception_value: Any, traceback: Any) -> None:
-        if not self._failed:
-            self._failed = True
-            self._exit_error = exception_value
+        if not self._sv_failed:
+            self._sv_failed = True
+            self._sv_error = exception_value
         super()._handle_failure(exception_type, exception_value, traceback)
 
     def _actor_loop(self) -> None:
         try:
             super()._actor_loop()
         finally:
-            reason = FAILURE if self._failed else NORMAL
+            reason = FAILURE if self._sv_failed else NORMAL
             try:
-                self.on_exit(reason, self._exit_error)
+                self.on_exit(reason, self._sv_error)
             except Exception:  # noqa: BLE001 - the last hook must not lose the report
                 log.exception("on_exit of %s raised", self)
             finally:
@@ -502,8 +502,8 @@ class Supervisor(Supervised):
         self._closing = True
         self._stop_children(self._children)
         # End as a failure without a pykka traceback: note it, then stop normally.
-        self._failed = True
-        self._exit_error = SupervisorGaveUp(reason)
+        self._sv_failed = True
+        self._sv_error = SupervisorGaveUp(reason)
         self.stop()
 
 
