@@ -202,6 +202,7 @@ class Runtime:
         except ImportError:
             return
         self.metrics = Registry()
+        self._register_metrics(self.metrics)
         checks = {
             "store": self.store.ping,
             "object_store": self.objects.ping,
@@ -210,6 +211,35 @@ class Runtime:
         }
         self.http = HttpServer(self.cfg.http_addr, self.healthy, checks, self.metrics)
         self.http.start()
+
+    def _register_metrics(self, reg: Any) -> None:
+        board = self.board
+
+        def by_state() -> dict[tuple[str, str], float]:
+            out: dict[tuple[str, str], float] = {}
+            for s in board.all():
+                key = (str(s.get("kind")), str(s.get("state")))
+                out[key] = out.get(key, 0) + 1
+            return out
+
+        def restarts() -> dict[tuple[str], float]:
+            return {(s["id"],): float(s.get("restarts") or 0) for s in board.all() if s.get("kind") == REALTIME}
+
+        reg.gauge("the0_bots", "Managed bots and schedules by kind and state", ["kind", "state"]).set_function(by_state)
+        reg.gauge("the0_bot_restarts", "Restarts of each realtime bot", ["bot_id"]).set_function(restarts)
+        reg.gauge("the0_nats_connected", "1 when the control connection to NATS is up").set_function(
+            lambda: 1.0 if self.hub.is_connected() else 0.0)
+        reg.gauge("the0_nats_publish_dropped", "Publishes dropped while NATS was disconnected").set_function(
+            lambda: float(self.hub.dropped))
+        reg.gauge("the0_ready", "1 when every readiness check passes").set_function(
+            lambda: 1.0 if self.refs.get("reconciler") is not None and self._safe_ready() else 0.0)
+
+    def _safe_ready(self) -> bool:
+        try:
+            self._reconciler_ready()
+            return True
+        except Exception:  # noqa: BLE001
+            return False
 
     def healthy(self) -> bool:
         return bool(self.root is not None and self.root.is_alive() and not self.gave_up.is_set())
@@ -260,7 +290,10 @@ def main(argv: list[str] | None = None) -> int:
     while not done.wait(1.0):
         pass
     rt.stop()
-    return exit_code[0]
+    logging.shutdown()
+    # An actor abandoned after its shutdown timeout keeps a non-daemon thread; it is logged by stop().
+    # Exit now rather than wait for it.
+    os._exit(exit_code[0])
 
 
 if __name__ == "__main__":
