@@ -10,7 +10,7 @@ Fixtures:
   ``mongodb://`` URIs), whose stop closes every connection and refuses new ones.
 
 The wire server needs Python >= 3.13: a venv at /tmp/the0-mongo-venv (or THE0_MONGO_VENV) made by
-``make mongo-venv``, i.e. ``/root/.pyenv/versions/3.13.0/bin/python3 -m venv /tmp/the0-mongo-venv &&
+``make test`` (THE0_MONGO_VENV=.venv-mongo), i.e. ``/root/.pyenv/versions/3.13.0/bin/python3 -m venv /tmp/the0-mongo-venv &&
 /tmp/the0-mongo-venv/bin/pip install "mongoeco[wire]"``.
 
 By hand: ``.venv/bin/python -m tests.servers.mongo [--port P] [--data FILE]`` runs one until Ctrl-C.
@@ -43,7 +43,7 @@ def venv_python() -> str:
     py = venv / "bin" / "python"
     if not py.exists():
         raise RuntimeError(
-            f"the Mongo wire server venv is missing at {venv}. Install it with `make mongo-venv`, or: "
+            f"the Mongo wire server venv is missing at {venv}. Install it with `make deps`, or: "
             f'{PYTHON313} -m venv {venv} && {venv}/bin/pip install "mongoeco[wire]" '
             "(or set MONGO_URI to a real MongoDB)"
         )

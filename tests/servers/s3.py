@@ -24,6 +24,11 @@ from tests.servers._util import free_port, port_open, stop_process, wait_for
 
 
 def moto_server_binary() -> str:
+    # moto pins python-dateutil < 3 while the kubernetes client wants >= 3, so make test keeps moto in
+    # its own venv (THE0_MOTO_VENV); the project's venv is the fallback for development.
+    venv = os.environ.get("THE0_MOTO_VENV")
+    if venv and (Path(venv) / "bin" / "moto_server").exists():
+        return str(Path(venv) / "bin" / "moto_server")
     cand = Path(sys.executable).parent / "moto_server"
     if cand.exists():
         return str(cand)
