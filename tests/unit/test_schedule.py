@@ -187,6 +187,7 @@ class Harness:
         self.statuses: list[dict] = []
         self.ref = ScheduleActor.start(None, defn, self.backend, self.store, self.clock, "runtime-a",
                                        lambda sid, st: self.statuses.append(st), **kwargs)
+        self.status()  # on_start (adoption, catch-up, first timer) has run once this answers
 
     def status(self) -> dict:
         return self.ref.ask(GetStatus(), timeout=10)
