@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from actors.backends.base import KIND_REALTIME, KIND_SCHEDULED, BackendError, Handle, RunSpec, TaskNotFound
-from actors.backends.proc_reaper import parse_ref, proc_stat, start_ticks
+from actors.backends.proc_reaper import ProcReaper, parse_ref, proc_stat, start_ticks
 from actors.backends.process import REASON_ADOPTED, REASON_PID_REUSED, ProcessBackend, tail_lines
 from actors.messages import BotDefinition
 from daemon.layout import CODE_BUCKET, STATE_BUCKET, run_id_for, state_key
@@ -362,7 +362,7 @@ def test_runtime_killed_bot_adopted(make_backend, prefix, tmp_path, store):
                                                    "config": {"runtime": "python3.11", "entrypoints": {"bot": "main.py"}}}}
     rt = subprocess.Popen(
         [sys.executable, "-c", RUNTIME_SCRIPT, str(tmp_path / "data"), str(store.root), json.dumps(doc)],
-        cwd=str(REPO), stdout=subprocess.PIPE, start_new_session=True,
+        cwd=str(REPO), stdout=subprocess.PIPE, start_new_session=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
     )
     try:
         ref = rt.stdout.readline().decode().strip()
@@ -482,3 +482,50 @@ def test_tail_lines_reads_from_the_end(tmp_path):
     assert tail_lines(p, 0) == []
     assert tail_lines(tmp_path / "absent", 5) == []
     assert len(tail_lines(p, 50000)) == 20001
+
+
+def test_reaper_watches_many_processes_with_one_thread():
+    """50 processes, one watcher thread: each exit reported once with its status, no zombie left."""
+    got: dict[str, object] = {}
+    lock = threading.Lock()
+
+    def on_exit(key, pe):
+        with lock:
+            assert key not in got
+            got[key] = pe
+
+    reaper = ProcReaper(on_exit)
+    procs = []
+    ticks = {}
+    try:
+        threads_before = threading.active_count()
+        for i in range(50):
+            p = subprocess.Popen(["sleep", "300"], start_new_session=True)
+            procs.append(p)
+            ticks[p.pid] = start_ticks(p.pid)
+            assert reaper.watch(f"k{i}", p.pid, ticks[p.pid])
+        assert threading.active_count() == threads_before
+        # A wrong start time is another process: not watched, not signalled.
+        assert not reaper.watch("wrong", procs[0].pid, start_ticks(procs[0].pid) + 1)
+        assert not reaper.signal_group("wrong", signal.SIGKILL)
+        for i, p in enumerate(procs):
+            if i % 2:
+                assert reaper.signal_group(f"k{i}", signal.SIGTERM)
+            else:
+                os.kill(p.pid, signal.SIGKILL)
+        wait_for(lambda: len(got) == 50, what="50 exits")
+        for i, p in enumerate(procs):
+            pe = got[f"k{i}"]
+            assert pe.known and pe.signal == (signal.SIGTERM if i % 2 else signal.SIGKILL)
+            st = proc_stat(p.pid)
+            assert st is None or st.start_ticks != ticks[p.pid]  # reaped: no zombie left
+            p.returncode = pe.code
+        assert reaper.keys() == []
+    finally:
+        reaper.close()
+        for p in procs:
+            if p.returncode is None:
+                try:
+                    p.kill()
+                except ProcessLookupError:
+                    pass
