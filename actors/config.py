@@ -165,7 +165,8 @@ def load(env: Mapping[str, str] | None = None, path: str | os.PathLike | None = 
         ("NATS_TLS_CERT", "nats_tls_cert"), ("NATS_TLS_KEY", "nats_tls_key"), ("MONGO_URI", "mongo_uri"),
         ("MINIO_ENDPOINT", "minio_endpoint"), ("MINIO_ACCESS_KEY", "minio_access_key"),
         ("MINIO_SECRET_KEY", "minio_secret_key"), ("THE0_HTTP_ADDR", "http_addr"),
-        ("THE0_INSTANCE_ID", "instance_id"),
+        ("THE0_INSTANCE_ID", "instance_id"), ("THE0_MONGO_BOTS_DB", "mongo_bots_db"),
+        ("THE0_MONGO_SCHEDULES_DB", "mongo_schedules_db"),
     ):
         if s(var):
             over[key] = env[var]

@@ -57,3 +57,15 @@ def _own_group(proc: subprocess.Popen) -> bool:
         return os.getpgid(proc.pid) == proc.pid
     except ProcessLookupError:
         return False
+
+
+def hold_for(cond: Callable[[], object], seconds: float, interval: float = 0.2, what: str = "condition"):
+    """Assert ``cond`` stays truthy during a whole window of ``seconds`` (checked every ``interval``).
+
+    For properties over time ("no bot restarted during the outage"); not a way to wait for something.
+    """
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if not cond():
+            raise AssertionError(f"{what} stopped holding after {seconds - (deadline - time.monotonic()):.1f}s")
+        time.sleep(interval)  # wait-ok: sampling interval of a property held over a window
