@@ -81,6 +81,8 @@ class Runtime:
         self.nats_url = cfg.nats_url or ""
         self.status_writer: StatusWriter | None = None
         self.shutting_down = False
+        self.standing_down = False  # lost the leader Lease: stop actors, leave bots to the next leader
+        self.elector: Any = None
         self.gave_up = threading.Event()
 
     # --- start / stop ------------------------------------------------------------------------------
@@ -106,6 +108,16 @@ class Runtime:
         if hasattr(self.backend, "watch_status"):
             self.backend.watch_status(self.directory.route_status)
 
+        self._start_http()
+        if cfg.backend == "kubernetes":
+            self._start_leader_election()
+        else:
+            self._start_tree()
+        event(log, "runtime.started", backend=cfg.backend, nats=self.nats_url, data_dir=str(cfg.data_dir))
+        return self
+
+    def _start_tree(self) -> None:
+        cfg = self.cfg
         handlers = Handlers(self.store, self.board, lambda: self.refs.get("reconciler"),
                             self.directory.tell, self._read_logs)
         children = [
@@ -121,21 +133,54 @@ class Runtime:
             ChildSpec("control", lambda link: self._keep("control", Control.start(
                 link, self.nats_url, nats_connect_options(cfg, self.nats_url), handlers, self.hub))),
         ]
+        self.standing_down = False
         self.root = Supervisor.start(None, children, strategy="one_for_one", intensity=5, period=30.0,
                                      clock=self.clock, name="root", on_give_up=self._give_up)
-        self._start_http()
-        event(log, "runtime.started", backend=cfg.backend, nats=self.nats_url, data_dir=str(cfg.data_dir))
-        return self
+
+    def _stop_tree(self) -> None:
+        root, self.root = self.root, None
+        if root is not None:
+            try:
+                root.stop(timeout=self.cfg.restart.stop_grace + 30)
+            except pykka.Timeout:
+                event(log, "runtime.stop_timeout", logging.ERROR)
+        self.refs.clear()
+
+    def _start_leader_election(self) -> None:
+        """Kubernetes: several replicas may run; only the Lease holder runs the tree (and subscribes to
+        NATS). Losing the Lease stops the tree and leaves the Pods alone; the next leader adopts them."""
+        from actors.leader import LeaderElector
+
+        k = self.cfg.kubernetes
+        lock = threading.Lock()
+
+        def lead() -> None:
+            with lock:
+                if self.root is None and not self.shutting_down:
+                    event(log, "leader.acquired", identity=self.cfg.instance_id)
+                    self._start_tree()
+
+        def follow() -> None:
+            with lock:
+                if self.root is not None:
+                    event(log, "leader.lost", logging.WARNING, identity=self.cfg.instance_id)
+                    self.standing_down = True
+                    self._stop_tree()
+
+        self.elector = LeaderElector(
+            self.backend.api, k.namespace, k.lease_name, self.cfg.instance_id, k.lease_duration,
+            k.renew_deadline, k.retry_period,
+            on_started_leading=lambda: threading.Thread(target=lead, name="leader-start", daemon=True).start(),
+            on_stopped_leading=lambda: threading.Thread(target=follow, name="leader-stop", daemon=True).start(),
+        ).start()
 
     def stop(self) -> None:
         """Stop the tree in reverse order. Bots are stopped unless the operator leaves them running."""
         self.shutting_down = True
         event(log, "runtime.stopping", leave_bots_running=self._leave_running())
-        if self.root is not None:
-            try:
-                self.root.stop(timeout=self.cfg.restart.stop_grace + 30)
-            except pykka.Timeout:
-                event(log, "runtime.stop_timeout", logging.ERROR)
+        self._stop_tree()
+        if self.elector is not None:
+            self.elector.stop()
         if self.http is not None:
             self.http.stop()
         if self.status_writer is not None:
@@ -163,7 +208,7 @@ class Runtime:
         return ref if ref is not None and ref.is_alive() else None
 
     def _leave_running(self) -> bool:
-        return self.shutting_down and (
+        return (self.shutting_down or self.standing_down) and (
             self.cfg.leave_bots_running or bool(self.backend and self.backend.capabilities.restarts_bots)
         )
 
@@ -206,7 +251,7 @@ class Runtime:
         checks = {
             "store": self.store.ping,
             "object_store": self.objects.ping,
-            "nats": self.hub.check,
+            "nats": self._nats_ready,
             "reconciler": self._reconciler_ready,
         }
         self.http = HttpServer(self.cfg.http_addr, self.healthy, checks, self.metrics)
@@ -234,6 +279,13 @@ class Runtime:
         reg.gauge("the0_ready", "1 when every readiness check passes").set_function(
             lambda: 1.0 if self.refs.get("reconciler") is not None and self._safe_ready() else 0.0)
 
+    def _standby(self) -> bool:
+        return self.elector is not None and not self.elector.is_leader
+
+    def _nats_ready(self) -> None:
+        if not self._standby():  # a standby replica connects when it becomes leader
+            self.hub.check()
+
     def _safe_ready(self) -> bool:
         try:
             self._reconciler_ready()
@@ -242,10 +294,16 @@ class Runtime:
             return False
 
     def healthy(self) -> bool:
-        return bool(self.root is not None and self.root.is_alive() and not self.gave_up.is_set())
+        if self.gave_up.is_set():
+            return False
+        if self._standby():
+            return True  # a follower is healthy while it waits for the Lease
+        return bool(self.root is not None and self.root.is_alive())
 
     def _reconciler_ready(self) -> None:
         ref = self.refs.get("reconciler")
+        if ref is None and self._standby():
+            return  # a standby replica: ready to take over
         if ref is None:
             raise RuntimeError("reconciler not started")
         ready, reason = ref.ask(Readiness(), timeout=2)
