@@ -66,8 +66,8 @@ class RuntimeProcess:
         self.http_port = free_port()
         self.env = dict(os.environ, THE0_DATA_DIR=str(data_dir), NATS_URL=nats_url,
                         THE0_HTTP_ADDR=f"127.0.0.1:{self.http_port}", THE0_RECONCILE_INTERVAL="2",
-                        MINIO_ACCESS_KEY="should-never-reach-a-bot", NATS_PASSWORD="nor-this",
-                        **(extra_env or {}))
+                        MINIO_ACCESS_KEY="should-never-reach-a-bot", NATS_PASSWORD="nor-this")
+        self.env.update(extra_env or {})
         self.env.pop("MINIO_ENDPOINT", None)
         self.proc: subprocess.Popen | None = None
 
