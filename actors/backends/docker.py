@@ -21,12 +21,14 @@ import logging
 import math
 import os
 import threading
+import time
 from datetime import datetime
 from typing import Any, Iterable
 
 import docker
 import requests
 from docker import errors as derrors
+from docker.types import LogConfig
 
 from actors.backends.base import (
     KIND_REALTIME,
@@ -204,7 +206,8 @@ class DockerBackend(Backend):
         return labels
 
     def create_kwargs(self, spec: RunSpec) -> dict[str, Any]:
-        """Everything ``containers.create`` gets: image, env, labels and the hardening settings."""
+        """Everything the container is created with (docker SDK ``containers.create`` names): image, env,
+        labels and the hardening settings."""
         memory, cpus, pids = self._limits(spec)
         return dict(
             image=self.image_for(spec.bot.runtime),
@@ -224,7 +227,6 @@ class DockerBackend(Backend):
             network_mode=self.config.docker.network,
             log_config={"type": "json-file", "config": {"max-size": "10m", "max-file": "3"}},
             stop_signal="SIGTERM",
-            detach=True,
         )
 
     # --- lifecycle ---------------------------------------------------------------------------------
@@ -243,10 +245,9 @@ class DockerBackend(Backend):
     def _launch(self, spec: RunSpec, replace_exited: bool) -> Handle:
         kwargs = self.create_kwargs(spec)
         name = kwargs["name"]
-        kwargs.pop("detach")
         for _attempt in range(3):
             try:
-                container = self._client.containers.create(**kwargs)
+                cid = self._create(kwargs)
             except derrors.ImageNotFound:
                 raise BackendError(
                     f"bot {spec.bot.id}: image {kwargs['image']} not found; build the runtime images "
@@ -256,48 +257,71 @@ class DockerBackend(Backend):
             except derrors.APIError as e:
                 if e.status_code != 409:
                     raise self._error(f"bot {spec.bot.id}: create {name}", e) from None
-                container = self._existing(name)
-                if container is None:
-                    continue  # removed between our create and get: create again
-                status = container.status
+                # The name exists: a retried create, or a container left from before. Never a second one.
+                attrs = self._existing(name)
+                if attrs is None:
+                    continue  # removed between our create and our look: create again
+                status = attrs.get("State", {}).get("Status", "")
                 if status in _ALIVE or not replace_exited:
                     if status == "created":
-                        self._start_container(container, spec)
+                        self._start_container(attrs["Id"], spec)
+                        attrs = self._existing(name) or attrs
                     event(log, "docker.adopted", bot_id=spec.bot.id, container=name, status=status)
-                    return self._remember(container)
+                    return self._remember(self._handle(attrs), running=status in _ALIVE)
                 event(log, "docker.replace_exited", bot_id=spec.bot.id, container=name, status=status)
-                self._remove_quietly(container)
+                self._remove_quietly(attrs["Id"])
                 continue
             except (derrors.DockerException, requests.RequestException) as e:
                 raise self._error(f"bot {spec.bot.id}: create {name}", e) from None
-            self._start_container(container, spec)
-            event(log, "docker.started", bot_id=spec.bot.id, container=name, id=container.id[:12])
-            return self._remember(container)
+            self._start_container(cid, spec)
+            event(log, "docker.started", bot_id=spec.bot.id, run_id=spec.run_id, container=name, id=cid[:12])
+            # No inspect on the hot path: the handle is built from what we asked for.
+            return self._remember(Handle(
+                bot_id=spec.bot.id, kind=spec.kind, ref=cid, config_hash=spec.bot.config_hash,
+                run_id=spec.run_id, started_at=self._now(),
+                meta={"name": name, "image": kwargs["image"], "status": "running"},
+            ), running=True)
         raise BackendError(f"bot {spec.bot.id}: container {name} kept conflicting on create; try again")
 
-    def _start_container(self, container: Any, spec: RunSpec) -> None:
-        try:
-            container.start()
-            container.reload()
-        except (derrors.DockerException, requests.RequestException) as e:
-            raise self._error(f"bot {spec.bot.id}: start {container.name}", e) from None
+    def _create(self, kw: dict[str, Any]) -> str:
+        """One low-level create call (the SDK's high-level create inspects afterwards: a round trip more)."""
+        api = self._client.api
+        host_config = api.create_host_config(
+            read_only=kw["read_only"], tmpfs=kw["tmpfs"], cap_drop=kw["cap_drop"],
+            security_opt=kw["security_opt"], mem_limit=kw["mem_limit"], memswap_limit=kw["memswap_limit"],
+            nano_cpus=kw["nano_cpus"], pids_limit=kw["pids_limit"], network_mode=kw["network_mode"],
+            log_config=LogConfig(type=kw["log_config"]["type"], config=kw["log_config"]["config"]),
+        )
+        resp = api.create_container(
+            image=kw["image"], command=kw["command"], name=kw["name"], labels=kw["labels"],
+            environment=kw["environment"], user=kw["user"], stop_signal=kw["stop_signal"],
+            host_config=host_config,
+        )
+        return resp["Id"]
 
-    def _existing(self, name: str) -> Any | None:
+    def _start_container(self, cid: str, spec: RunSpec) -> None:
         try:
-            return self._client.containers.get(name)
+            self._client.api.start(cid)
+        except (derrors.DockerException, requests.RequestException) as e:
+            raise self._error(f"bot {spec.bot.id}: start {cid[:12]}", e) from None
+
+    def _existing(self, name: str) -> dict | None:
+        try:
+            return self._client.api.inspect_container(name)
         except derrors.NotFound:
             return None
         except (derrors.DockerException, requests.RequestException) as e:
-            raise self._error(f"get {name}", e) from None
+            raise self._error(f"inspect {name}", e) from None
 
-    def _remember(self, container: Any) -> Handle:
-        """Handle of a container we started or adopted; a finished one is reported by the watcher only."""
-        h = self._handle(container.attrs)
-        state = container.attrs.get("State", {})
-        if state.get("Running") or state.get("Status") in _ALIVE:
+    def _remember(self, handle: Handle, running: bool) -> Handle:
+        """Track a container we started or adopted; a finished one is reported by the watcher only."""
+        if running:
             with self._lock:
-                self._running[container.id] = h
-        return h
+                self._running[handle.ref] = handle
+        return handle
+
+    def _now(self) -> float:
+        return self._clock.time() if self._clock is not None else time.time()
 
     def stop(self, handle: Handle, grace: float) -> ExitResult | None:
         try:
@@ -327,14 +351,14 @@ class DockerBackend(Backend):
             self._running.pop(handle.ref, None)
             self._reported = {k for k in self._reported if k[0] != handle.ref}
 
-    def _remove_quietly(self, container: Any) -> None:
+    def _remove_quietly(self, cid: str) -> None:
         try:
-            container.remove(force=True)
+            self._client.api.remove_container(cid, force=True)
         except derrors.NotFound:
             pass
         except derrors.APIError as e:
             if e.status_code != 409:  # 409: removal already in progress
-                raise self._error(f"remove {container.name}", e) from None
+                raise self._error(f"remove {cid[:12]}", e) from None
 
     def inspect(self, handle: Handle) -> TaskState:
         try:
