@@ -31,7 +31,6 @@ Times are whole seconds; ``next_after(ts)`` is strictly after ``ts``; ``prev_at_
 """
 from __future__ import annotations
 
-import calendar
 import math
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -129,23 +128,34 @@ class CronSchedule:
         t = math.floor(ts)
         if self.next_after(t - 1) == t:
             return float(t)
-        window = 60
+        # A window (lo, t] holding a fire: twice the gap between the next two fires, widened as needed.
+        try:
+            first = self.next_after(t)
+            window = max(60, int(2 * (self.next_after(first) - first)))
+        except CronError:
+            return None
         horizon = _SEARCH_YEARS * 366 * 86400
         while True:
-            lo = t - window
-            if self.next_after(lo) <= t:
+            fire = self.next_after(t - window)
+            if fire <= t:
                 break
             if window >= horizon:
                 return None
             window = min(window * 8, horizon)
-        hi = t  # next_after(hi) > t; next_after(lo) <= t
-        while hi - lo > 1:
-            mid = (lo + hi) // 2
-            if self.next_after(mid) <= t:
-                lo = mid
+        # Invariant: `fire` <= hi is a fire time, and no fire lies in (hi, t]. Each round either finds
+        # that the fire after `fire` is past hi (then `fire` is the answer) or halves (fire, hi].
+        hi = t
+        while True:
+            after = self.next_after(fire)
+            if after > hi:
+                return fire
+            fire = after
+            mid = (int(fire) + hi) // 2
+            probe = self.next_after(mid)
+            if probe <= hi:
+                fire = probe
             else:
                 hi = mid
-        return self.next_after(lo)
 
     def matches_local(self, when: datetime) -> bool:
         """Whether a naive local wall time matches every field."""
@@ -154,19 +164,31 @@ class CronSchedule:
             and when.minute in self.minutes
             and when.hour in self.hours
             and when.month in self.months
-            and self._day_ok(when.year, when.month, when.day)
+            and self._day_ok(when)
         )
 
     # --- local wall-time search ------------------------------------------------------------------
 
-    def _day_ok(self, year: int, month: int, day: int) -> bool:
-        if day > calendar.monthrange(year, month)[1]:
-            return False
-        dom = day in self.days
-        dow = (calendar.weekday(year, month, day) + 1) % 7 in self.weekdays
+    def _day_ok(self, t: datetime) -> bool:
+        dom = t.day in self.days
+        dow = (t.weekday() + 1) % 7 in self.weekdays
         if self.days_star or self.weekdays_star:
             return dom and dow
         return dom or dow
+
+    def _next_day(self, t: datetime) -> datetime:
+        """Midnight of the first later day that may match the day fields (a safe jump, never past one)."""
+        day = datetime(t.year, t.month, t.day)
+        nxt = _first_ge(self.days, t.day + 1)
+        if nxt is not None and nxt <= _month_len(t.year, t.month):
+            by_dom = day.replace(day=nxt)
+        else:
+            by_dom = datetime(t.year + 1, 1, 1) if t.month == 12 else datetime(t.year, t.month + 1, 1)
+        cur = (t.weekday() + 1) % 7
+        by_dow = day + timedelta(days=min((w - cur) % 7 or 7 for w in self.weekdays))
+        if self.days_star or self.weekdays_star:
+            return max(by_dom, by_dow)  # both must match: no day before the later bound can
+        return min(by_dom, by_dow)  # either may match
 
     def _next_local(self, t: datetime) -> datetime | None:
         """The first naive local time >= ``t`` matching every field, or None within the horizon."""
@@ -177,8 +199,8 @@ class CronSchedule:
                 nxt = _first_ge(self.months, t.month + 1)
                 t = datetime(t.year, nxt, 1) if nxt is not None else datetime(t.year + 1, self.months[0], 1)
                 continue
-            if not self._day_ok(t.year, t.month, t.day):
-                t = datetime(t.year, t.month, t.day) + timedelta(days=1)
+            if not self._day_ok(t):
+                t = self._next_day(t)
                 continue
             if t.hour not in self.hours:
                 nxt = _first_ge(self.hours, t.hour + 1)
@@ -304,6 +326,12 @@ def _number(s: str, name: str, item: str, names: dict[str, int] | None) -> int:
             hint = f" (names: {', '.join(k.upper() for k in names)})"
         raise CronError(f"{name} field: {s!r} in {item!r} is not a number{hint}")
     return int(s)
+
+
+def _month_len(year: int, month: int) -> int:
+    if month == 2:
+        return 29 if year % 4 == 0 and (year % 100 != 0 or year % 400 == 0) else 28
+    return _MAX_DAYS[month - 1]
 
 
 def _first_ge(values: tuple[int, ...], v: int) -> int | None:

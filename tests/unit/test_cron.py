@@ -217,3 +217,39 @@ def test_cron_error_is_a_value_error_and_non_strings_are_rejected():
     assert issubclass(CronError, ValueError)
     with pytest.raises(CronError, match="string"):
         parse_cron(None)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("expr,tz", [
+    ("*/7 3 * * 1-5", NEW_YORK),
+    ("30 1 * * *", LONDON),
+    ("*/20 2 * * *", NEW_YORK),
+    ("13 */5 * * *", LONDON),
+    ("0 0 1,15 * 3", "UTC"),
+    ("45 30 1 * * *", LONDON),
+])
+def test_prev_and_next_agree_at_random_times_over_a_year(expr, tz):
+    import random
+
+    s = parse_cron(expr, tz)
+    rng = random.Random(7)
+    for _ in range(100):
+        x = utc(2026, 1, 1) + rng.randrange(0, 366 * 86400)
+        p = s.prev_at_or_before(x)
+        assert p <= x and s.next_after(p - 1) == p and s.next_after(p) > x, (x, p)
+
+
+@pytest.mark.parametrize("expr", [
+    "0 12 13 * 5", "0 0 */10 * 1-3", "0 6 1,15,31 * *", "0 0 * * 6,0", "0 */5 29-31 2,4,6 *",
+    "0 3 * 2 1", "0 0 31 * 2", "0 23 * * *",
+])
+def test_next_after_matches_a_brute_force_hour_scan_in_utc(expr):
+    import random
+
+    s = parse_cron(expr)
+    rng = random.Random(expr)
+    for _ in range(15):
+        start = utc(2026, 1, 1) + rng.randrange(0, 365 * 24) * 3600
+        t = start + 3600
+        while not s.matches_local(datetime.fromtimestamp(t, timezone.utc).replace(tzinfo=None)):
+            t += 3600
+        assert s.next_after(start) == t, datetime.fromtimestamp(start, timezone.utc)
