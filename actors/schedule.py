@@ -39,7 +39,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 from actors.backends.base import Backend, Handle, RunSpec, TaskNotFound
 from actors.cron import CronError, CronSchedule, parse_cron
@@ -95,11 +95,13 @@ class ScheduleActor(Supervised):
         *,
         stop_grace: float = 15.0,
         directory: Any = None,
-        adopt: Callable[[str], list[Handle]] | None = None,
+        adopt: Callable[[str], Handle | Iterable[Handle] | None] | None = None,
     ) -> None:
         """``owner``: this runtime's instance id (written into run records). ``directory``: an
         ``actors.directory.Directory`` to register with so exits are routed here. ``adopt(schedule_id)``:
-        the schedule's live run handles (default: filter ``backend.list_managed()``)."""
+        the schedule's live run handle(s), None for none (default: filter ``backend.list_managed()``,
+        one listing per actor start; with many schedules pass a callable over one shared listing).
+        ``stop_grace``: seconds between SIGTERM and SIGKILL when a run is stopped (timeout, replace)."""
         super().__init__(link)
         self.defn = definition
         self.cron: CronSchedule = parse_cron(definition.schedule or "", definition.timezone)
@@ -440,7 +442,8 @@ class ScheduleActor(Supervised):
     def _adopt_runs(self) -> None:
         try:
             if self._adopt is not None:
-                handles = list(self._adopt(self.id))
+                found = self._adopt(self.id)
+                handles = [] if found is None else [found] if isinstance(found, Handle) else list(found)
             else:
                 handles = [h for h in self.backend.list_managed() if h.bot_id == self.id and h.kind == KIND]
         except Exception as e:  # noqa: BLE001 - without the list, runs are still completed by their exits

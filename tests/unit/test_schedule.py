@@ -561,3 +561,35 @@ def test_an_invalid_definition_fails_at_construction():
     with pytest.raises(ValueError):
         ScheduleActor(None, bad, FakeBackend(), FakeStore(), ManualClock(), "x")
     assert pykka.ActorRegistry.get_all() == []
+
+
+def test_an_adopt_callable_may_return_one_handle():
+    rid = run_id_for(SID, utc(2026, 1, 1, 1))
+    live = Handle(SID, "scheduled", "ref-live", "", rid, started_at=utc(2026, 1, 1, 1))
+    backend = FakeBackend()
+    backend.managed = [(live, TaskState(running=True))]
+    h = Harness(definition("0 * * * *"), utc(2026, 1, 1, 1, 5), backend=backend, adopt=lambda sid: live)
+    assert h.status()["active_runs"] == [rid]
+
+
+def test_two_replicas_sharing_a_real_sqlite_store_run_a_fire_once(tmp_path):
+    # The real embedded store (no server needed): its unique run id is what stops a second replica.
+    from actors.stores.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path / "runtime.sqlite")
+    try:
+        a = Harness(definition("0 * * * *"), utc(2026, 1, 1, 0, 30), store=store)  # type: ignore[arg-type]
+        b = Harness(definition("0 * * * *"), utc(2026, 1, 1, 0, 30), store=store)  # type: ignore[arg-type]
+        a.run_until(utc(2026, 1, 1, 1, 0, 1))
+        b.run_until(utc(2026, 1, 1, 1, 0, 1))
+        assert len(a.backend.started) + len(b.backend.started) == 1
+        winner = a if a.backend.started else b
+        rid = run_id_for(SID, utc(2026, 1, 1, 1))
+        winner.clock.advance(9)
+        winner.exit(rid, 0)
+        [run] = store.list_runs(SID)
+        assert run["run_id"] == rid and run["exit_code"] == 0 and run["reason"] == "completed"
+        assert run["ended_at"] == utc(2026, 1, 1, 1, 0, 10)
+    finally:
+        pykka.ActorRegistry.stop_all()
+        store.close()
