@@ -181,9 +181,10 @@ class ScheduleActor(Supervised):
         elif isinstance(message, Exited):
             self._on_exit(message)
         elif isinstance(message, RunNow):
-            now = self.clock.time()
             event(log, "schedule.run_now", bot_id=self.id)
-            self._fire(now, "manual")
+            outcome = self._fire(self.clock.time(), "manual")
+            self._publish()
+            return outcome
         elif isinstance(message, Reconfigure):
             self._reconfigure(message.definition)
         else:
@@ -286,19 +287,18 @@ class ScheduleActor(Supervised):
 
     # --- firing ------------------------------------------------------------------------------------
 
-    def _fire(self, scheduled_at: float, trigger: str) -> None:
-        """One fire at ``scheduled_at`` (trigger: cron | catch-up | manual). Never raises for I/O errors."""
+    def _fire(self, scheduled_at: float, trigger: str) -> dict[str, Any]:
+        """One fire at ``scheduled_at`` (trigger: cron | catch-up | manual). Never raises for I/O errors.
+
+        Returns what happened: ``{"run_id", "started": bool, "reason"}`` (RunNow's answer)."""
         scheduled_at = float(int(scheduled_at))
         run_id = run_id_for(self.id, scheduled_at)
         now = self.clock.time()
         if run_id in self.active:
-            return  # already running this very fire (a second RunNow in the same second)
+            return _outcome(run_id, False, "already running")
         if self.active and self.defn.concurrency == "forbid":
             self._record_skip(run_id, scheduled_at, now)
-            return
-        if self.active and self.defn.concurrency == "replace":
-            for active_id in list(self.active):
-                self._stop_run(active_id, f"replaced by {run_id}")
+            return _outcome(run_id, False, SKIPPED_REASON)
         record = {
             "run_id": run_id,
             "schedule_id": self.id,
@@ -313,25 +313,30 @@ class ScheduleActor(Supervised):
             claimed = self.store.claim_run(record)
         except Exception as e:  # noqa: BLE001 - store down: retry within the starting deadline
             self._claim_failed(scheduled_at, trigger, e)
-            return
+            return _outcome(run_id, False, f"store unavailable, retrying: {e}")
         if not claimed:
             event(log, "schedule.run_already_claimed", bot_id=self.id, run_id=run_id)
-            return
+            return _outcome(run_id, False, "already claimed (run by this or another runtime)")
+        if self.active and self.defn.concurrency == "replace":
+            for active_id in list(self.active):
+                self._stop_run(active_id, f"replaced by {run_id}")
         try:
             handle = self.backend.run_once(RunSpec(self.defn, run_id, scheduled_at))
         except Exception as e:  # noqa: BLE001 - a backend error never kills the schedule
             reason = f"start_failed: {e}"
             event(log, "schedule.start_failed", logging.ERROR, bot_id=self.id, run_id=run_id, error=str(e))
             self._finish(run_id, scheduled_at, now, None, reason, "failed")
-            return
-        run = ActiveRun(run_id, scheduled_at, now, handle)
+            return _outcome(run_id, False, reason)
+        started = self.clock.time()
+        run = ActiveRun(run_id, scheduled_at, started, handle)
         if self.defn.run_timeout:
             run = self._with_timeout(run, self.defn.run_timeout)
         self.active[run_id] = run
-        self.last_run = {"run_id": run_id, "scheduled_at": scheduled_at, "started_at": now, "state": "running"}
+        self.last_run = {"run_id": run_id, "scheduled_at": scheduled_at, "started_at": started, "state": "running"}
         self.error = ""
         event(log, "schedule.run_started", bot_id=self.id, run_id=run_id, trigger=trigger, scheduled_at=scheduled_at,
-              delay_s=round(now - scheduled_at, 3))
+              delay_s=round(started - scheduled_at, 3))
+        return _outcome(run_id, True, trigger)
 
     def _record_skip(self, run_id: str, scheduled_at: float, now: float) -> None:
         event(log, "schedule.run_skipped", bot_id=self.id, run_id=run_id, active=sorted(self.active))
@@ -521,6 +526,10 @@ class ScheduleActor(Supervised):
             self.status_sink(self.id, status)
         except Exception as e:  # noqa: BLE001 - a status sink's error is logged, never fatal
             event(log, "schedule.status_sink_failed", logging.WARNING, bot_id=self.id, error=str(e))
+
+
+def _outcome(run_id: str, started: bool, reason: str) -> dict[str, Any]:
+    return {"run_id": run_id, "started": started, "reason": reason}
 
 
 def _exit_reason(code: int | None) -> str:

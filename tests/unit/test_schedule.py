@@ -439,11 +439,16 @@ def test_a_run_that_ends_in_time_cancels_its_timeout():
 
 def test_run_now_fires_immediately_with_a_distinct_run_id():
     h = Harness(definition("0 0 1 1 *"), utc(2026, 3, 1, 10, 0, 5))
-    st = h.tell(RunNow())
     rid = run_id_for(SID, utc(2026, 3, 1, 10, 0, 5))
+    assert h.ref.ask(RunNow(), timeout=10) == {"run_id": rid, "started": True, "reason": "manual"}
+    st = h.status()
     assert h.backend.run_ids() == [rid] and st["active_runs"] == [rid]
     assert h.store.runs[rid]["trigger"] == "manual"
     assert st["next_run"] == utc(2027, 1, 1)
+    h.clock.advance(1)
+    refused = h.ref.ask(RunNow(), timeout=10)  # forbid: the first run is still active
+    assert refused["started"] is False and refused["reason"] == SKIPPED_REASON
+    assert h.backend.run_ids() == [rid]
 
 
 def test_exits_are_recorded_and_the_task_removed():
@@ -593,3 +598,13 @@ def test_two_replicas_sharing_a_real_sqlite_store_run_a_fire_once(tmp_path):
     finally:
         pykka.ActorRegistry.stop_all()
         store.close()
+
+
+def test_replace_keeps_the_active_run_when_another_runtime_claimed_the_fire():
+    store = FakeStore()
+    second = run_id_for(SID, utc(2026, 1, 1, 0, 2))
+    store.runs[second] = {"run_id": second, "schedule_id": SID, "scheduled_at": utc(2026, 1, 1, 0, 2)}
+    h = Harness(definition("* * * * *", concurrency="replace"), utc(2026, 1, 1, 0, 0, 30), store=store)
+    h.run_until(utc(2026, 1, 1, 0, 2, 1))
+    assert h.backend.run_ids() == [run_id_for(SID, utc(2026, 1, 1, 0, 1))]
+    assert h.backend.stopped == []
