@@ -1,13 +1,14 @@
 #!/bin/sh
 # Build the0's runtime images: the0-runtime/base:<version> and one image per runtime.
 #
-#   images/build.sh [--base local|public] [--only RUNTIME,...] [--prefix PREFIX] [--tag TAG]
+#   images/build.sh [--base local|public] [--only RUNTIME,...] [--service] [--prefix PREFIX] [--tag TAG]
 #
 #   --base public  (default) FROM public images (python:3.11-slim-bookworm, node, gcc, ...): needs a registry.
 #   --base local   FROM a debootstrapped Debian + Python base (images/local-base.sh): no registry needed.
 #                  Toolchains that only come from public images (node 20, .NET 8, Java) are then absent:
 #                  those images are the base only (docs/docker.md).
 #   --only         build the base and these runtimes only (comma-separated).
+#   --service      also build PREFIX/service:TAG, the runtime service for config/docker-compose.yml.
 #
 # The daemon's dependencies are built as wheels on the host (pip, from PyPI or its cache) into
 # build/wheelhouse and installed in the image with --no-index, so `docker build` itself needs no network.
@@ -19,6 +20,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(dirname "$HERE")
 BASE_MODE=public
 ONLY=""
+SERVICE=0
 PREFIX="${THE0_IMAGE_PREFIX:-the0-runtime}"
 TAG="${THE0_IMAGE_TAG:-}"
 RUNTIMES="python3.11 nodejs20 rust cpp dotnet8 scala3 haskell"
@@ -33,7 +35,8 @@ while [ $# -gt 0 ]; do
         --only=*) ONLY="${1#--only=}"; shift ;;
         --prefix) PREFIX="$2"; shift 2 ;;
         --tag) TAG="$2"; shift 2 ;;
-        -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+        --service) SERVICE=1; shift ;;
+        -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
         *) echo "build.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
     esac
 done
@@ -107,4 +110,29 @@ for rt in $RUNTIMES; do
         build "$PREFIX/$rt:$TAG" "Dockerfile.$rt" --build-arg "BASE=$PREFIX/base:$TAG"
     fi
 done
+# 5. The service image (optional): the whole project, installed from wheels built here.
+if [ "$SERVICE" = 1 ]; then
+    SWHEELS="$ROOT/build/wheelhouse-service"
+    SSUM=$(sha256sum "$ROOT/pyproject.toml" | cut -d' ' -f1)
+    if [ "$(cat "$SWHEELS/.pyproject.sha256" 2>/dev/null || true)" != "$SSUM" ]; then
+        echo "build.sh: building the service's dependency wheels into $SWHEELS"
+        rm -rf "$SWHEELS"; mkdir -p "$SWHEELS"
+        "$PYTHON" -m pip wheel -q --disable-pip-version-check -w "$SWHEELS" "$ROOT" setuptools wheel
+        rm -f "$SWHEELS"/the0_runtime-*.whl
+        echo "$SSUM" > "$SWHEELS/.pyproject.sha256"
+    fi
+    SCTX="$ROOT/build/service-context"
+    rm -rf "$SCTX"; mkdir -p "$SCTX/src" "$SCTX/wheelhouse"
+    cp -a "$SWHEELS"/*.whl "$SCTX/wheelhouse/"
+    cp -RL "$ROOT/actors" "$ROOT/daemon" "$ROOT/config" "$ROOT/pyproject.toml" "$SCTX/src/"
+    [ -f "$ROOT/README.md" ] && cp "$ROOT/README.md" "$SCTX/src/"
+    find "$SCTX/src" -name __pycache__ -prune -exec rm -rf {} +
+    cp -a "$HERE/Dockerfile.service" "$SCTX/"
+    CTX="$SCTX"
+    if [ "$BASE_MODE" = local ]; then
+        build "$PREFIX/service:$TAG" Dockerfile.service --build-arg "BASE_IMAGE=$LOCAL_BASE"
+    else
+        build "$PREFIX/service:$TAG" Dockerfile.service
+    fi
+fi
 echo "build.sh: done in $(( $(date +%s) - START ))s ($BASE_MODE base): $PREFIX/{base,$(echo $RUNTIMES | tr ' ' ',')}:$TAG"

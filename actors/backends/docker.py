@@ -58,13 +58,14 @@ LABEL_SCHEDULED_AT = "the0.runtime.scheduled-at"
 
 BOOTSTRAP = "/opt/the0/bootstrap.sh"  # installed by images/Dockerfile.base
 BOT_UID = 1000
-# tmpfs: /bot must allow exec (compiled bots run from there), /tmp too (JITs and runtimes unpack there).
+# tmpfs owned by the bot's uid. exec where something runs from: /bot (compiled bots), /var/the0 (the
+# entrypoint script daemon init writes), /tmp (JITs and runtimes unpack there); /state holds data only.
 _TMPFS_OPTS = f"uid={BOT_UID},gid={BOT_UID},mode=0755,nosuid,nodev"
 TMPFS = {
     layout.CODE_PATH: f"{_TMPFS_OPTS},exec",
     layout.STATE_PATH: f"{_TMPFS_OPTS},noexec",
     "/tmp": f"{_TMPFS_OPTS},exec",
-    "/var/the0": f"{_TMPFS_OPTS},noexec",
+    "/var/the0": f"{_TMPFS_OPTS},exec",
 }
 # States in which a container is (or is about to be) alive: start() adopts these instead of recreating.
 _ALIVE = ("created", "running", "restarting", "paused")
