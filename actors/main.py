@@ -212,20 +212,17 @@ class Runtime:
             self.cfg.leave_bots_running or bool(self.backend and self.backend.capabilities.restarts_bots)
         )
 
-    def _child_spec(self, kind: str, defn: BotDefinition, adopt: Callable[[str], Handle | None]) -> ChildSpec:
+    def _child_spec(self, kind: str, defn: BotDefinition, adopt: Callable[[str], Any]) -> ChildSpec:
         if kind == REALTIME:
             return ChildSpec(defn.id, lambda link: BotActor.start(
                 link, defn, self.backend, self.clock, self.cfg.restart, self.board, self.directory,
                 adopt=adopt, leave_running=self._leave_running), shutdown=self.cfg.restart.stop_grace + 5)
         from actors.schedule import ScheduleActor
 
-        def start_schedule(link: Any) -> pykka.ActorRef:
-            ref = ScheduleActor.start(link, defn, self.backend, self.store, self.clock, self.cfg.instance_id,
-                                      self._schedule_status)
-            self.directory.register(SCHEDULED, defn.id, ref)  # a dead ref left behind is skipped on routing
-            return ref
-
-        return ChildSpec(defn.id, start_schedule, shutdown=self.cfg.restart.stop_grace + 5)
+        return ChildSpec(defn.id, lambda link: ScheduleActor.start(
+            link, defn, self.backend, self.store, self.clock, self.cfg.instance_id, self._schedule_status,
+            stop_grace=self.cfg.restart.stop_grace, directory=self.directory, adopt=adopt),
+            shutdown=self.cfg.restart.stop_grace + 5)
 
     def _schedule_status(self, schedule_id: str, status: dict) -> None:
         self.board.publish(SCHEDULED, schedule_id, status)

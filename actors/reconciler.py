@@ -74,6 +74,7 @@ class Reconciler(Supervised):
         self.live: dict[str, dict[str, BotDefinition]] = {REALTIME: {}, SCHEDULED: {}}
         self._fingerprints: dict[tuple[str, str], tuple[str, BotDefinition | None]] = {}
         self._adoptable: dict[str, Handle] = {}
+        self._adoptable_runs: dict[str, list[Handle]] = {}
         self._orphan_candidates: list[Handle] = []
         self._adopted = False
         self.ready = False
@@ -112,6 +113,10 @@ class Reconciler(Supervised):
             self._not_ready(f"backend unavailable: {e}")
             return False
         self._adoptable = {h.bot_id: h for h in handles if h.kind == REALTIME}
+        self._adoptable_runs: dict[str, list[Handle]] = {}
+        for h in handles:
+            if h.kind != REALTIME:
+                self._adoptable_runs.setdefault(h.bot_id, []).append(h)
         self._orphan_candidates = list(handles)
         self._adopted = True
         event(log, "reconcile.adoptable", realtime=len(self._adoptable), total=len(handles))
@@ -120,6 +125,10 @@ class Reconciler(Supervised):
     def _take_adoptable(self, bot_id: str) -> Handle | None:
         # Called from the new BotActor's thread; dict.pop is atomic under the GIL.
         return self._adoptable.pop(bot_id, None)
+
+    def _take_adoptable_runs(self, schedule_id: str) -> list[Handle]:
+        """Runs of a schedule still going when this runtime started: its ScheduleActor adopts them."""
+        return self._adoptable_runs.pop(schedule_id, [])
 
     def _remove_orphans(self, desired: dict[str, set[str]]) -> None:
         for h in self._orphan_candidates:
@@ -134,6 +143,8 @@ class Reconciler(Supervised):
                 event(log, "reconcile.orphan_remove_failed", logging.WARNING, bot_id=h.bot_id, error=str(e))
             if h.kind == REALTIME:
                 self._adoptable.pop(h.bot_id, None)
+            else:
+                self._adoptable_runs.pop(h.bot_id, None)
         self._orphan_candidates = []
 
     # --- passes ------------------------------------------------------------------------------------
@@ -249,7 +260,7 @@ class Reconciler(Supervised):
         sup = self.supervisor_of(kind)
         if sup is None:
             return False
-        spec = self.child_spec(kind, defn, self._take_adoptable)
+        spec = self.child_spec(kind, defn, self._take_adoptable if kind == REALTIME else self._take_adoptable_runs)
         try:
             sup.proxy().start_child(spec).get()
         except ValueError:
