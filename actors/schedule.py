@@ -58,12 +58,14 @@ IDLE, RUNNING = "idle", "running"
 FIRE = "fire"
 CLAIM_RETRY = "claim-retry"
 ENSURE_RETRY = "ensure-retry"
+NEXT_EXECUTION = "next-execution"
 TIMEOUT_PREFIX = "timeout:"
 
 MAX_TIMER_STEP = 3600.0  # re-read the wall clock at least hourly while waiting for a fire
 EARLY_TOLERANCE = 0.01  # a fire timer this close to its time counts as on time
 CLAIM_RETRY_DELAY = 5.0
 ENSURE_RETRY_DELAY = 30.0
+NEXT_EXECUTION_DELAY = 2.0  # after a fire, next_execution_time is written this much later (off the burst)
 HISTORY_SEEN = 256  # finished run ids remembered, so a late duplicate exit is not recorded twice
 
 SKIPPED_REASON = "skipped: previous run still active"
@@ -122,6 +124,7 @@ class ScheduleActor(Supervised):
         self._fire_token = 0
         self._retry_token = 0
         self._fire_timer: TimerHandle | None = None
+        self._next_exec_timer: TimerHandle | None = None
         self._retry_timer: TimerHandle | None = None
         self._pending_claim: tuple[float, str] | None = None  # (scheduled_at, trigger) awaiting a store
         self._finished: list[str] = []
@@ -231,6 +234,10 @@ class ScheduleActor(Supervised):
                 pending, self._pending_claim = self._pending_claim, None
                 if pending is not None:
                     self._fire(*pending)
+        elif msg.name == NEXT_EXECUTION:
+            if self._next_exec_timer is not None and msg.token == self._fire_token:
+                self._next_exec_timer = None
+                self._write_next_execution()
         elif msg.name.startswith(TIMEOUT_PREFIX):
             run = self.active.get(msg.name[len(TIMEOUT_PREFIX):])
             if run is not None and run.timeout_token == msg.token:
@@ -251,39 +258,49 @@ class ScheduleActor(Supervised):
                 event(log, "schedule.missed", logging.WARNING, bot_id=self.id, scheduled_at=due, late_s=round(late, 3))
             else:
                 self._fire(due, "cron")
-        self._arm(max(due, now))
+        self._arm(max(due, now), write_now=False)
 
-    def _arm(self, after: float) -> None:
-        """Compute the next fire time strictly after ``after``, publish it to the store, arm the timer."""
+    def _arm(self, after: float, write_now: bool = True) -> None:
+        """Compute the next fire time strictly after ``after``, arm the timer, and publish it to the store:
+        at once, or (after a fire) ``NEXT_EXECUTION_DELAY`` later so that a burst of fires is not slowed
+        by a burst of store writes; several fires within that delay give one write."""
         self._fire_token = self._next_token()
-        if self._fire_timer is not None:
-            self._fire_timer.cancel()
-            self._fire_timer = None
+        for t in (self._fire_timer, self._next_exec_timer):
+            if t is not None:
+                t.cancel()
+        self._fire_timer = self._next_exec_timer = None
         try:
             self.next_run = self.cron.next_after(after)
         except CronError as e:
             self.next_run = None
             self.error = str(e)
             event(log, "schedule.no_next_fire", logging.ERROR, bot_id=self.id, error=str(e))
+        if self.next_run is not None:
+            self._arm_timer(self.next_run, self.clock.time())
+        if write_now:
+            self._write_next_execution()
+        else:
+            self._next_exec_timer = self.clock.call_later(
+                NEXT_EXECUTION_DELAY, self.actor_ref, Timer(NEXT_EXECUTION, self._fire_token))
+
+    def _write_next_execution(self) -> None:
         try:
             self.store.set_next_execution(self.id, self.next_run)
         except Exception as e:  # noqa: BLE001 - a store outage must not stop the schedule
             event(log, "schedule.next_execution_failed", logging.WARNING, bot_id=self.id, error=str(e))
-        if self.next_run is not None:
-            self._arm_timer(self.next_run, self.clock.time())
 
     def _arm_timer(self, due: float, now: float) -> None:
         delay = min(max(0.0, due - now), MAX_TIMER_STEP)
         self._fire_timer = self.clock.call_later(delay, self.actor_ref, Timer(FIRE, self._fire_token))
 
     def _cancel_timers(self) -> None:
-        for t in (self._fire_timer, self._retry_timer):
+        for t in (self._fire_timer, self._retry_timer, self._next_exec_timer):
             if t is not None:
                 t.cancel()
         for run in self.active.values():
             if run.timeout is not None:
                 run.timeout.cancel()
-        self._fire_timer = self._retry_timer = None
+        self._fire_timer = self._retry_timer = self._next_exec_timer = None
 
     # --- firing ------------------------------------------------------------------------------------
 

@@ -199,8 +199,6 @@ def main() -> None:
     ap.add_argument("-n", type=int, default=1000)
     args = ap.parse_args()
     threading.stack_size(256 * 1024)
-    print("| name | value | target | result |")
-    print("|---|---|---|---|")
     if args.store in ("memory", "both"):
         burst(args.n, MemoryStore(), "in-memory store, no-op backend")
     if args.store in ("sqlite", "both"):
