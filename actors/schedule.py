@@ -23,6 +23,9 @@ After downtime (on start): at most ONE catch-up run, for the latest fire time at
 before the schedule existed is not "missed": when the schedule's document carries ``next_execution_time``
 (the0 sets it; this actor keeps it current) later than that fire time, there is no catch-up.
 
+The0's ``next_execution_time`` is written on start and Reconfigure, and 2 s after each fire (off the
+fire's path, so 1,000 schedules due together are not slowed by 1,000 extra writes).
+
 Timers come from ``daemon.clock`` and carry a token; a timer whose token is not current is ignored.
 Long waits are armed in steps of at most an hour, and the wall clock is re-read at each step, so a host
 clock change or a long sleep does not shift the fire time.
