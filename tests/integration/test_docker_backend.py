@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from actors.backends.base import BackendError, ExitResult, Handle, RunSpec, TaskNotFound
-from actors.backends.docker import LABEL_BOT_ID, DockerBackend, container_name
+from actors.backends.docker import LABEL_BOT_ID, DockerBackend, _parse_time, container_name, exit_from_state
 from actors.config import Config, load
 from actors.messages import REALTIME, SCHEDULED, BotDefinition
 from daemon import layout
@@ -213,6 +213,15 @@ def wait_exit(backend, ref: str, timeout: float = 60) -> ExitResult:
 # --- without containers ------------------------------------------------------------------------------
 
 
+def test_exit_results_and_docker_times_are_read_exactly():
+    assert exit_from_state({"ExitCode": 0}) == ExitResult(code=0, reason="exited")
+    assert exit_from_state({"ExitCode": 137}).signal == 9
+    oom = exit_from_state({"ExitCode": 137, "OOMKilled": True})
+    assert oom.oom_killed and oom.reason == "oom-killed"
+    assert _parse_time("0001-01-01T00:00:00Z") == 0.0
+    assert _parse_time("2026-12-04T16:41:55.123456789Z") == pytest.approx(1796402515.123456)
+
+
 def test_local_object_store_is_refused_with_a_clear_error(tmp_path):
     cfg = load(env={"THE0_BACKEND": "docker", "THE0_DATA_DIR": str(tmp_path)})
     with pytest.raises(BackendError, match="MINIO_ENDPOINT") as e:
@@ -342,7 +351,7 @@ def test_scheduled_python_run_completes_with_exit_code_and_logs_in_store(backend
     backend.remove(h)
 
 
-def test_scheduled_c_binary_runs_and_its_exit_code_is_reported(backend, store, c_binary):
+def test_scheduled_c_binary_runs_and_its_exit_code_is_reported(backend, store, c_binary, config, nats):
     bot_id = f"{PREFIX}-cbot"
     key = f"{bot_id}/v1/code.zip"
     upload_zip(store, key, {"bin/bot": c_binary}, modes={"bin/bot": 0o755})
@@ -357,6 +366,15 @@ def test_scheduled_c_binary_runs_and_its_exit_code_is_reported(backend, store, c
     assert res.code == 3 and res.signal is None and not res.oom_killed
     wait_for(lambda: f"hello from C bot {bot_id}" in stored_log_text(store, bot_id), 30,
              what="the C bot's output in the store")
+    # A runtime started after the exit (restart while the run finished) learns it from the first relist.
+    later = DockerBackend(config, nats_url=nats.url)
+    seen = ExitRecorder()
+    later.watch(seen)
+    try:
+        got = wait_for(lambda: seen.for_ref(h.ref), 30, what="the new watcher to report the finished run")
+        assert got[0].code == 3 and [x for x, _ in seen.exits if x.ref == h.ref][0].run_id == h.run_id
+    finally:
+        later.close()
     backend.remove(h)
 
 
