@@ -433,9 +433,21 @@ class ScheduleActor(Supervised):
             self._end_run(msg.run_id, msg.code, msg.reason)
         elif msg.run_id not in self._finished:
             # A run this incarnation does not know (platform-fired CronJob, or started before a crash
-            # and not adopted): complete its record if there is one.
+            # and not adopted): complete its record if there is one, and remove its task unless the
+            # platform cleans up its own Jobs.
             self._finish(msg.run_id, _scheduled_from_id(msg.run_id), None, msg.code,
                          msg.reason or _exit_reason(msg.code), "finished")
+            if not self.delegated:
+                self._remove_unknown(msg.run_id)
+
+    def _remove_unknown(self, run_id: str) -> None:
+        """Find a run's task by listing the backend (rare: only after an actor crash) and remove it."""
+        try:
+            for h in self.backend.list_managed():
+                if h.bot_id == self.id and h.run_id == run_id:
+                    self.backend.remove(h)
+        except Exception as e:  # noqa: BLE001 - a leftover task is cleaned by the reconciler
+            event(log, "schedule.remove_failed", logging.WARNING, bot_id=self.id, run_id=run_id, error=str(e))
 
     def _end_run(self, run_id: str, code: int | None, reason: str) -> None:
         run = self.active.pop(run_id)

@@ -611,3 +611,17 @@ def test_replace_keeps_the_active_run_when_another_runtime_claimed_the_fire():
     h.run_until(utc(2026, 1, 1, 0, 2, 1))
     assert h.backend.run_ids() == [run_id_for(SID, utc(2026, 1, 1, 0, 1))]
     assert h.backend.stopped == []
+
+
+def test_exit_of_a_run_from_a_crashed_incarnation_is_recorded_and_its_task_removed():
+    rid = run_id_for(SID, utc(2026, 1, 1, 1))
+    left = Handle(SID, "scheduled", "ref-left", "", rid, started_at=utc(2026, 1, 1, 1))
+    backend = FakeBackend()
+    store = FakeStore()
+    store.runs[rid] = {"run_id": rid, "schedule_id": SID, "scheduled_at": utc(2026, 1, 1, 1)}
+    # The runtime's adopt callable hands runs over once; a restarted actor gets nothing.
+    h = Harness(definition("0 * * * *"), utc(2026, 1, 1, 1, 5), backend=backend, store=store, adopt=lambda sid: [])
+    backend.managed = [(left, TaskState(running=False, exit=ExitResult(code=0)))]
+    st = h.exit(rid, 0)
+    assert store.runs[rid]["exit_code"] == 0 and backend.removed == [rid]
+    assert st["last_run"]["scheduled_at"] == utc(2026, 1, 1, 1)
