@@ -23,6 +23,7 @@ Wake-ups come from the shared inotify watcher and a periodic poll (safety net).
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -46,8 +47,8 @@ Publish = Callable[[str, bytes], Any]
 
 
 @dataclass(frozen=True)
-class _Pump:
-    pass
+class LogChanged:
+    """The log file (may have) grown, been truncated or replaced: read it now."""
 
 
 @dataclass(frozen=True)
@@ -170,7 +171,7 @@ class LogShip(Supervised):
 
             def on_change(ev: Any) -> None:
                 if ev.overflow or want in ev.paths:
-                    ref.tell(_Pump())
+                    ref.tell(LogChanged())
 
             self._watch_cb = on_change
             self.watcher.register(self.log_dir, on_change)
@@ -198,7 +199,7 @@ class LogShip(Supervised):
 
     # -- messages ----------------------------------------------------------------------------------
     def on_receive(self, message: Any) -> Any:
-        if isinstance(message, _Pump):
+        if isinstance(message, LogChanged):
             self._pump()
         elif isinstance(message, _Poll):
             self.clock.call_later(self.poll_interval, self.actor_ref, _Poll())
@@ -280,7 +281,8 @@ class LogShip(Supervised):
         cp, self._cp = self._cp, None
         if new_generation:
             self._new_generation(0)
-        elif cp and (cp.get("dev"), cp.get("ino")) == self._ident and st.st_size >= cp.get("offset", 0):
+        elif cp and (cp.get("dev"), cp.get("ino")) == self._ident and st.st_size >= cp.get("offset", 0) \
+                and self._head(cp.get("head_len") or 0) == (cp.get("head"), cp.get("head_len")):
             self._epoch, self._committed = int(cp["epoch"]), int(cp["offset"])
             inflight = cp.get("inflight")
             if inflight and inflight.get("start") == self._committed and st.st_size >= inflight.get("end", 0):
@@ -326,7 +328,7 @@ class LogShip(Supervised):
             if not self._cut_lines(final=False):
                 return False
             if limit is not None and read >= limit:
-                self.actor_ref.tell(_Pump())  # let other messages in, then go on
+                self.actor_ref.tell(LogChanged())  # let other messages in, then go on
                 return True
             chunk = self._f.read(self.read_chunk)
             if not chunk:
@@ -439,9 +441,16 @@ class LogShip(Supervised):
         return top + 1
 
     # -- checkpoint --------------------------------------------------------------------------------
+    def _head(self, n: int = 256) -> tuple[str, int]:
+        """Digest of the file's first bytes: tells a new file from the old one when the inode is reused."""
+        data = os.pread(self._f.fileno(), n, 0)
+        return hashlib.sha256(data).hexdigest()[:32], len(data)
+
     def _write_checkpoint(self, inflight: dict | None) -> None:
         dev, ino = self._ident or (None, None)
-        cp = {"epoch": self._epoch, "offset": self._committed, "dev": dev, "ino": ino, "inflight": inflight}
+        head, head_len = self._head() if self._f is not None else (None, 0)
+        cp = {"epoch": self._epoch, "offset": self._committed, "dev": dev, "ino": ino, "head": head,
+              "head_len": head_len, "inflight": inflight}
         atomic_write(self._cp_path, json.dumps(cp).encode())
 
     def _load_checkpoint(self) -> dict | None:
