@@ -387,10 +387,12 @@ def test_runtime_killed_bot_adopted(make_backend, prefix, tmp_path, store):
     res = exits.wait_one(ref)
     assert res.code is None and res.reason == REASON_ADOPTED
     assert len(exits.for_ref(ref)) == 1
+    # A fresh instance learns the end from exit.json; a ref nobody recorded is not found.
+    fresh, _ = make_backend()
+    st = fresh.inspect(h)
+    assert not st.running and st.exit.code is None and st.exit.reason == REASON_ADOPTED
     with pytest.raises(TaskNotFound):
-        # Exit already reported and record removed: a fresh instance knows nothing of it.
-        fresh, _ = make_backend()
-        fresh.inspect(h)
+        fresh.inspect(Handle(bot_id=bot_id, kind=KIND_REALTIME, ref="4000001:5"))
 
 
 def test_stale_record_and_pid_reuse_guard(make_backend, prefix, tmp_path):
