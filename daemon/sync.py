@@ -152,7 +152,8 @@ def main(argv: list[str] | None = None, env: dict | None = None) -> int:
     argparse.ArgumentParser(prog="daemon sync", description=__doc__.split("\n")[0]).parse_args(
         [a for a in (argv or []) if a != "sync"])
     env = os.environ if env is None else env
-    jsonlog.setup(env.get("LOG_LEVEL", "INFO"))
+    if not logging.getLogger().handlers:
+        jsonlog.setup(env.get("THE0_LOG_LEVEL", "INFO").upper())
     try:
         bot_id, state_dir, logs_dir, work_dir = _env_paths(env)
         from daemon.storage import from_env
