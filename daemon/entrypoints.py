@@ -35,15 +35,15 @@ _EXTENSIONS = {
 _SAFE_PATH = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+@-]*(/[A-Za-z0-9_][A-Za-z0-9_.+@-]*)*$")
 _JAVA_CLASS = re.compile(r"^[A-Za-z_$][A-Za-z0-9_$]*(\.[A-Za-z_$][A-Za-z0-9_$]*)*$")
 
-# The Python wrapper, run as ``python3 -u -c PY_WRAPPER <entry file> <code dir>``. It loads the entry
-# file as a module, calls main(BOT_ID, json.loads(BOT_CONFIG)) (awaiting it if it is a coroutine), and
+# The Python wrapper, run as ``python3 -u -c PY_WRAPPER <entry file> <code dir>``. With the entry's dir,
+# the code dir and ``<code dir>/vendor`` (vendored packages) on sys.path, it loads the entry file as a module, calls main(BOT_ID, json.loads(BOT_CONFIG)) (awaiting it if it is a coroutine), and
 # exits 0 when main returns, 1 on an exception (traceback on stderr) or a result {"status": "error"}.
 PY_WRAPPER = r'''
 import asyncio, importlib.util, inspect, json, os, sys, traceback
 entry, code_dir = sys.argv[1], sys.argv[2]
 sys.argv = [entry]
-for p in (os.path.dirname(entry), code_dir):
-    if p not in sys.path:
+for p in (os.path.join(code_dir, "vendor"), code_dir, os.path.dirname(entry)):
+    if p not in sys.path and os.path.isdir(p):
         sys.path.insert(0, p)
 bot_id = os.environ.get("BOT_ID", "")
 try:

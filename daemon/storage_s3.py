@@ -169,22 +169,31 @@ class S3ObjectStore(ObjectStore):
             if bucket in self._buckets:
                 return
 
-        def make() -> None:
-            if not self.client.bucket_exists(bucket):
-                try:
-                    self.client.make_bucket(bucket)
-                except S3Error as e:
-                    if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-                        raise
-
-        self._call("create-bucket", bucket, "", make)
+        self._call("create-bucket", bucket, "", lambda: self._make_bucket(bucket))
         with self._lock:
             self._buckets.add(bucket)
 
-    def _forget_bucket_on_missing(self, bucket: str, exc: S3Error) -> None:
-        if exc.code == "NoSuchBucket":
+    def _make_bucket(self, bucket: str) -> None:
+        if not self.client.bucket_exists(bucket):
+            try:
+                self.client.make_bucket(bucket)
+            except S3Error as e:
+                if e.code not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
+                    raise
+
+    def _put_recreating_bucket(self, bucket: str, do_put: Callable[[], object]) -> None:
+        """Run ``do_put``; when the bucket vanished since we cached it (deleted by an operator), make it again."""
+        try:
+            do_put()
+        except S3Error as e:
+            if e.code != "NoSuchBucket":
+                raise
             with self._lock:
                 self._buckets.discard(bucket)
+            self._make_bucket(bucket)
+            do_put()
+            with self._lock:
+                self._buckets.add(bucket)
 
     # -- writes ----------------------------------------------------------------------------------------
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
@@ -193,11 +202,8 @@ class S3ObjectStore(ObjectStore):
         self._ensure_bucket(bucket)
 
         def put() -> None:
-            try:
-                self.client.put_object(bucket, key, io.BytesIO(data), len(data), content_type=content_type)
-            except S3Error as e:
-                self._forget_bucket_on_missing(bucket, e)
-                raise
+            self._put_recreating_bucket(bucket, lambda: self.client.put_object(
+                bucket, key, io.BytesIO(data), len(data), content_type=content_type))
 
         self._call("put", bucket, key, put)
 
@@ -210,11 +216,8 @@ class S3ObjectStore(ObjectStore):
         multipart = size > MULTIPART_THRESHOLD
 
         def put() -> None:
-            try:
-                self.client.fput_object(bucket, key, path, content_type=content_type)
-            except S3Error as e:
-                self._forget_bucket_on_missing(bucket, e)
-                raise
+            self._put_recreating_bucket(bucket, lambda: self.client.fput_object(
+                bucket, key, path, content_type=content_type))
 
         try:
             self._call("put", bucket, key, put,

@@ -324,3 +324,13 @@ def test_s3_slowdown_is_retried_then_succeeds(s3_server):
             store.get_bytes(B, "flaky")
         assert ei.value.retryable
         assert store.get_bytes(B, "flaky") == b"made it"
+
+
+def test_s3_bucket_deleted_behind_our_back_is_made_again(s3_server):
+    s3_server.reset()
+    store = S3ObjectStore.from_env(s3_server.env)
+    store.put_bytes(B, "a", b"1")
+    store.delete(B, "a")
+    store.client.remove_bucket(B)  # an operator removed it; the store still has it cached
+    store.put_bytes(B, "b", b"2")
+    assert store.get_bytes(B, "b") == b"2"

@@ -177,3 +177,11 @@ def test_node_bot_runs_when_node_is_present(code):
     (code / "index.js").write_text("console.log('node bot ' + process.env.BOT_ID)\n")
     p = run(command_for("nodejs20", "index.js", code, node=node), code)
     assert p.returncode == 0 and p.stdout == "node bot bot-1\n"
+
+
+def test_python_vendor_dir_is_importable(code):
+    (code / "vendor/exchange").mkdir(parents=True)
+    (code / "vendor/exchange/__init__.py").write_text("NAME = 'vendored'\n")
+    (code / "main.py").write_text("import exchange\ndef main(bot_id, config):\n    print(exchange.NAME)\n")
+    p = run(command_for("python3.11", "main.py", code, python=sys.executable), code)
+    assert p.returncode == 0 and p.stdout == "vendored\n", p.stderr
