@@ -34,8 +34,30 @@ DEFAULT_ENTRYPOINT_SCRIPT = "/var/the0/entrypoint.sh"
 
 @dataclass(frozen=True)
 class InitLimits:
+    """Archive limits for code and state; operators raise them with THE0_{CODE,STATE}_MAX_{BYTES,FILES}."""
+
     code: Limits = CODE_LIMITS
     state: Limits = STATE_LIMITS
+
+    @classmethod
+    def from_env(cls, env) -> "InitLimits":
+        def num(name: str, default: int) -> int:
+            raw = (env.get(name) or "").strip()
+            if not raw:
+                return default
+            try:
+                value = int(raw)
+            except ValueError:
+                value = 0
+            if value <= 0:
+                raise InitError(f"{name}={raw!r}: use a whole number > 0")
+            return value
+
+        return cls(
+            code=Limits(num("THE0_CODE_MAX_BYTES", CODE_LIMITS.max_bytes), num("THE0_CODE_MAX_FILES", CODE_LIMITS.max_files)),
+            state=Limits(num("THE0_STATE_MAX_BYTES", STATE_LIMITS.max_bytes),
+                         num("THE0_STATE_MAX_FILES", STATE_LIMITS.max_files)),
+        )
 
 
 class InitError(Exception):
@@ -99,8 +121,12 @@ def restore_state(store: ObjectStore, bot_id: str, state_dir: str | os.PathLike,
 def prepare(bot_id: str, code_file: str, runtime: str, entrypoint: str, code_dir: str | os.PathLike,
             state_dir: str | os.PathLike, store: ObjectStore, limits: InitLimits | None = None,
             **programs: str) -> list[str]:
-    """Restore code and state, and return the bot's argv (run with cwd = code_dir). Raises InitError."""
-    limits = limits or InitLimits()
+    """Restore code and state, and return the bot's argv (run with cwd = code_dir). Raises InitError.
+
+    ``limits`` defaults to ``InitLimits.from_env(os.environ)``; ``programs`` (python=, node=, dotnet=,
+    java=) override the interpreters of daemon.entrypoints.command_for.
+    """
+    limits = limits or InitLimits.from_env(os.environ)
     try:
         layout.check_bot_id(bot_id)
         normalize_runtime(runtime)
@@ -144,7 +170,8 @@ def run(env: dict) -> list[str]:
         Path(logs_dir).mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise InitError(f"LOGS_PATH {logs_dir}: cannot create it: {e}") from e
-    argv = prepare(bot_id, code_file, runtime, entrypoint, code_dir, state_dir, store, **programs)
+    argv = prepare(bot_id, code_file, runtime, entrypoint, code_dir, state_dir, store, InitLimits.from_env(env),
+                   **programs)
     try:
         write_entrypoint(runtime, entrypoint, code_dir, script, **programs)
     except OSError as e:

@@ -193,3 +193,17 @@ def test_main_bad_credentials_is_exit_2(tmp_path, s3_auth_server, capsys):
     env = _env(tmp_path, **s3_auth_server.env)
     assert init.main([], env) == 2
     assert "check MINIO_ACCESS_KEY / MINIO_SECRET_KEY" in capsys.readouterr().err
+
+
+def test_limits_come_from_the_environment(tmp_path, capsys):
+    objects = tmp_path / "objects"
+    files = {f"f{i}.txt": b"x" for i in range(20)}
+    files["main.py"] = BOT_PY.encode()
+    LocalObjectStore(objects).put_bytes(layout.CODE_BUCKET, "b9.zip", code_zip(files))
+    env = _env(tmp_path, THE0_OBJECTS_DIR=str(objects), THE0_CODE_MAX_FILES="10")
+    assert init.main([], env) == 2
+    assert "more than the limit of 10" in capsys.readouterr().err
+    assert init.main([], {**env, "THE0_CODE_MAX_FILES": "lots"}) == 2
+    assert "THE0_CODE_MAX_FILES='lots'" in capsys.readouterr().err
+    assert init.main([], {**env, "THE0_CODE_MAX_FILES": "100"}) == 0
+    assert init.InitLimits.from_env({}) == init.InitLimits()
