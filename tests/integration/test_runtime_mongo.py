@@ -22,10 +22,16 @@ from bson import ObjectId
 from actors.ctl import zip_dir
 from daemon import layout
 from daemon.storage_local import LocalObjectStore
+import secrets
+
 from tests.integration.test_runtime_process import ROOT, RuntimeProcess, bot_pids, nats_request
 from tests.servers._util import hold_for, wait_for
 from tests.servers.mongo import fresh_db_names
 from tests.servers.nats import NatsServer
+
+
+_T = secrets.token_hex(3)
+C1, C2, C3, MARK = f"counter-{_T}", f"c2-{_T}", f"c3-{_T}", f"marker-{_T}"
 
 
 def the0_bot_doc(bot_id: str, file_path: str, **config) -> dict:
@@ -72,7 +78,7 @@ def cleanup_bots():
     import os
     import signal
 
-    for bot in ("counter", "c2", "c3", "marker"):
+    for bot in (C1, C2, C3, MARK):
         for pid in bot_pids(bot):
             os.kill(pid, signal.SIGKILL)
 
@@ -83,11 +89,11 @@ def test_store_edits_without_events_are_applied_within_one_period(tmp_path, nats
     try:
         client = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=3000)
         bots = client[names.bots_db]["bots"]
-        bots.insert_one(the0_bot_doc("counter", "counter/code.zip"))  # no NATS message
-        wait_for(lambda: len(bot_pids("counter")) == 1, 20, what="bot started by the periodic reconcile")
-        assert rt.status("counter")["state"] == "running"
-        bots.delete_one({"id": "counter"})
-        wait_for(lambda: bot_pids("counter") == [], 20, what="bot stopped after its document was deleted")
+        bots.insert_one(the0_bot_doc(C1, "counter/code.zip"))  # no NATS message
+        wait_for(lambda: len(bot_pids(C1)) == 1, 20, what="bot started by the periodic reconcile")
+        assert rt.status(C1)["state"] == "running"
+        bots.delete_one({"id": C1})
+        wait_for(lambda: bot_pids(C1) == [], 20, what="bot stopped after its document was deleted")
         client.close()
     finally:
         rt.stop()
@@ -97,20 +103,20 @@ def test_mongo_outage_restarts_nothing_and_readiness_recovers(tmp_path, nats_ser
     names = fresh_db_names()
     rt = make_runtime(tmp_path, "rt", nats_server.url, mongo_restartable.uri, names).start()
     try:
-        r = nats_request(rt.nats_url, "the0.bot.created", {k: v for k, v in the0_bot_doc("counter", "counter/code.zip").items()
+        r = nats_request(rt.nats_url, "the0.bot.created", {k: v for k, v in the0_bot_doc(C1, "counter/code.zip").items()
                                                             if k not in ("_id", "createdAt", "updatedAt")})
         assert r["ok"], r
-        wait_for(lambda: len(bot_pids("counter")) == 1, 20, what="bot running")
-        pid = bot_pids("counter")[0]
+        wait_for(lambda: len(bot_pids(C1)) == 1, 20, what="bot running")
+        pid = bot_pids(C1)[0]
         mongo_restartable.stop()
         wait_for(lambda: not rt.ready(), 20, what="readiness false during the outage")
-        hold_for(lambda: bot_pids("counter") == [pid] and rt.proc.poll() is None, 30,
+        hold_for(lambda: bot_pids(C1) == [pid] and rt.proc.poll() is None, 30,
                  what="bot untouched and runtime alive while MongoDB is down")
         assert rt.ctl("list")["ok"]  # operators still get answers
         mongo_restartable.start()
         wait_for(rt.ready, 30, what="readiness true again")
-        assert bot_pids("counter") == [pid]
-        assert rt.status("counter")["restarts"] == 0
+        assert bot_pids(C1) == [pid]
+        assert rt.status(C1)["restarts"] == 0
     finally:
         rt.stop()
 
@@ -125,14 +131,14 @@ def test_nats_restart_reconnects_and_converges(tmp_path, mongo_uri, cleanup_bots
         nats.stop()
         wait_for(lambda: not rt.ready(), 20, what="not ready without NATS")
         # the0's API writes MongoDB, then its publish is lost because NATS is down
-        client[names.bots_db]["bots"].insert_one(the0_bot_doc("c2", "counter/code.zip"))
+        client[names.bots_db]["bots"].insert_one(the0_bot_doc(C2, "counter/code.zip"))
         nats = NatsServer(tmp_path / "nats-dir", port=nats.port).start()
         wait_for(rt.ready, 30, what="reconnected and ready")
-        wait_for(lambda: len(bot_pids("c2")) == 1, 30, what="converged to the store after reconnect")
+        wait_for(lambda: len(bot_pids(C2)) == 1, 30, what="converged to the store after reconnect")
         # subscriptions were restored: an event is acted on at once again
-        doc = {k: v for k, v in the0_bot_doc("c3", "counter/code.zip").items() if k not in ("_id", "createdAt", "updatedAt")}
+        doc = {k: v for k, v in the0_bot_doc(C3, "counter/code.zip").items() if k not in ("_id", "createdAt", "updatedAt")}
         assert nats_request(nats.url, "the0.bot.created", doc)["ok"]
-        wait_for(lambda: len(bot_pids("c3")) == 1, 20, what="event after reconnect")
+        wait_for(lambda: len(bot_pids(C3)) == 1, 20, what="event after reconnect")
     finally:
         rt.stop()
         nats.stop()
@@ -146,7 +152,7 @@ def test_two_runtimes_start_each_scheduled_run_once(tmp_path, nats_server, mongo
     b = make_runtime(tmp_path, "rt-b", nats_server.url, mongo_uri, names).start()
     client = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=3000)
     try:
-        doc = {"id": "marker", "config": {"schedule": "*/2 * * * * *", "marker": str(marker)},
+        doc = {"id": MARK, "config": {"schedule": "*/2 * * * * *", "marker": str(marker)},
                "custom": {"version": "1", "filePath": "marker/code.zip",
                           "config": {"runtime": "python3.11", "entrypoints": {"bot": "main.py"}}}}
         assert nats_request(nats_server.url, "the0.bot-schedule.created", doc)["ok"]
@@ -156,13 +162,13 @@ def test_two_runtimes_start_each_scheduled_run_once(tmp_path, nats_server, mongo
             coll = [c for c in runs.list_collection_names() if "run" in c]
             if not coll:
                 return []
-            return list(runs[coll[0]].find({"schedule_id": "marker", "exit_code": 0}))
+            return list(runs[coll[0]].find({"schedule_id": MARK, "exit_code": 0}))
 
         wait_for(lambda: len(finished()) >= 4, 60, what="four finished runs")
-        assert nats_request(nats_server.url, "the0.bot-schedule.deleted", {"id": "marker"})["ok"]
-        wait_for(lambda: a.ctl("status", id="marker")["ok"] is False and b.ctl("status", id="marker")["ok"] is False,
+        assert nats_request(nats_server.url, "the0.bot-schedule.deleted", {"id": MARK})["ok"]
+        wait_for(lambda: a.ctl("status", id=MARK)["ok"] is False and b.ctl("status", id=MARK)["ok"] is False,
                  20, what="schedule gone from both")
-        all_runs = [r for c in runs.list_collection_names() if "run" in c for r in runs[c].find({"schedule_id": "marker"})]
+        all_runs = [r for c in runs.list_collection_names() if "run" in c for r in runs[c].find({"schedule_id": MARK})]
         started = [r for r in all_runs if not str(r.get("reason", "")).startswith("skipped")]
         ids = [r["run_id"] for r in all_runs]
         assert len(ids) == len(set(ids))

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import secrets
 import signal
 import subprocess
 import sys
@@ -22,6 +23,9 @@ from daemon.storage_local import LocalObjectStore
 from tests.servers._util import free_port, stop_process, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
+# Unique per test session: other suites (docker containers share /proc) may run bots called "counter".
+BOT = f"counter-{secrets.token_hex(3)}"
+SCHED = f"report-{secrets.token_hex(3)}"
 
 
 def nats_request(url, subject, payload, timeout=10.0):
@@ -125,7 +129,7 @@ def world(tmp_path, nats_server):
     rt = RuntimeProcess(data, nats_server.url)
     yield rt, objects
     rt.stop()
-    for bot in ("counter", "report"):
+    for bot in (BOT, SCHED):
         for pid in bot_pids(bot):
             os.kill(pid, signal.SIGKILL)
 
@@ -140,86 +144,86 @@ def read_state_count(data_dir: Path, bot_id: str) -> int:
 def test_realtime_bot_lifecycle_and_runtime_kill9_adoption(world):
     rt, objects = world
     rt.start()
-    r = nats_request(rt.nats_url, "the0.bot.created", counter_doc("counter", "counter/code.zip"))
+    r = nats_request(rt.nats_url, "the0.bot.created", counter_doc(BOT, "counter/code.zip"))
     assert r["ok"], r
 
     # it runs, as exactly one process, with a clean environment
-    wait_for(lambda: len(bot_pids("counter")) == 1 and (rt.status("counter") or {}).get("state") == "running",
+    wait_for(lambda: len(bot_pids(BOT)) == 1 and (rt.status(BOT) or {}).get("state") == "running",
              30, what="counter running")
-    pid = bot_pids("counter")[0]
+    pid = bot_pids(BOT)[0]
     env = proc_env(pid)
     assert not [k for k in env if k.startswith(("MINIO_", "NATS_", "MONGO_", "AWS_", "THE0_"))], sorted(env)
     assert json.loads(env["BOT_CONFIG"])["interval"] == 0.2 and env["BOT_TYPE"] == "realtime"
-    wait_for(lambda: read_state_count(rt.data_dir, "counter") >= 3, 20, what="counter ticking")
+    wait_for(lambda: read_state_count(rt.data_dir, BOT) >= 3, 20, what="counter ticking")
 
     # state reaches the object store
-    wait_for(lambda: objects.exists(layout.STATE_BUCKET, layout.state_key("counter")), 20, what="state uploaded")
+    wait_for(lambda: objects.exists(layout.STATE_BUCKET, layout.state_key(BOT)), 20, what="state uploaded")
 
     # kill -9 the bot -> restarted after the backoff, counter continues
-    before = read_state_count(rt.data_dir, "counter")
+    before = read_state_count(rt.data_dir, BOT)
     os.kill(pid, signal.SIGKILL)
-    wait_for(lambda: (rt.status("counter") or {}).get("restarts") == 1 and len(bot_pids("counter")) == 1
-             and bot_pids("counter")[0] != pid, 30, what="restart after kill -9")
-    st = rt.status("counter")
+    wait_for(lambda: (rt.status(BOT) or {}).get("restarts") == 1 and len(bot_pids(BOT)) == 1
+             and bot_pids(BOT)[0] != pid, 30, what="restart after kill -9")
+    st = rt.status(BOT)
     assert st["last_exit_code"] in (-9, 137), st
-    wait_for(lambda: read_state_count(rt.data_dir, "counter") > before, 20, what="counter continues")
-    pid2 = bot_pids("counter")[0]
+    wait_for(lambda: read_state_count(rt.data_dir, BOT) > before, 20, what="counter continues")
+    pid2 = bot_pids(BOT)[0]
 
     # updated with a new config -> replaced exactly once
-    r = nats_request(rt.nats_url, "the0.bot.updated", counter_doc("counter", "counter/code.zip", symbol="ETH"))
+    r = nats_request(rt.nats_url, "the0.bot.updated", counter_doc(BOT, "counter/code.zip", symbol="ETH"))
     assert r["ok"], r
-    wait_for(lambda: bot_pids("counter") and bot_pids("counter")[0] != pid2
-             and json.loads(proc_env(bot_pids("counter")[0])["BOT_CONFIG"]).get("symbol") == "ETH",
+    wait_for(lambda: bot_pids(BOT) and bot_pids(BOT)[0] != pid2
+             and json.loads(proc_env(bot_pids(BOT)[0])["BOT_CONFIG"]).get("symbol") == "ETH",
              30, what="replacement with the new config")
-    pid3 = bot_pids("counter")[0]
+    pid3 = bot_pids(BOT)[0]
     # the same update again changes nothing
-    assert nats_request(rt.nats_url, "the0.bot.updated", counter_doc("counter", "counter/code.zip", symbol="ETH"))["ok"]
+    assert nats_request(rt.nats_url, "the0.bot.updated", counter_doc(BOT, "counter/code.zip", symbol="ETH"))["ok"]
     rt.ctl("list")  # a round trip after the event
-    assert bot_pids("counter") == [pid3]
+    assert bot_pids(BOT) == [pid3]
 
     # kill -9 the runtime: the bot keeps running; a new runtime adopts it (not restarted, not duplicated)
     rt.kill9()
-    assert bot_pids("counter") == [pid3]
+    assert bot_pids(BOT) == [pid3]
     rt.start()
-    wait_for(lambda: (rt.status("counter") or {}).get("state") == "running", 30, what="adopted")
-    ticks = read_state_count(rt.data_dir, "counter")
-    wait_for(lambda: read_state_count(rt.data_dir, "counter") > ticks, 20, what="still ticking")
-    assert bot_pids("counter") == [pid3]
-    assert rt.status("counter")["restarts"] == 0  # a new actor, an adopted task: no restart
+    wait_for(lambda: (rt.status(BOT) or {}).get("state") == "running", 30, what="adopted")
+    ticks = read_state_count(rt.data_dir, BOT)
+    wait_for(lambda: read_state_count(rt.data_dir, BOT) > ticks, 20, what="still ticking")
+    assert bot_pids(BOT) == [pid3]
+    assert rt.status(BOT)["restarts"] == 0  # a new actor, an adopted task: no restart
 
     # its log lines were shipped
-    r = rt.ctl("logs", id="counter", tail=5)
+    r = rt.ctl("logs", id=BOT, tail=5)
     assert r["ok"] and len(r["lines"]) == 5, r
 
     # deleted -> stopped
-    r = nats_request(rt.nats_url, "the0.bot.deleted", {"id": "counter"})
+    r = nats_request(rt.nats_url, "the0.bot.deleted", {"id": BOT})
     assert r["ok"], r
-    wait_for(lambda: bot_pids("counter") == [], 30, what="stopped after delete")
-    wait_for(lambda: rt.status("counter") is None, 10, what="status gone")
+    wait_for(lambda: bot_pids(BOT) == [], 30, what="stopped after delete")
+    wait_for(lambda: rt.status(BOT) is None, 10, what="status gone")
 
 
 def test_scheduled_bot_runs_on_cron_and_records_runs(world):
     rt, objects = world
     rt.start()
-    doc = counter_doc("report", "report/code.zip", schedule="*/2 * * * * *")
+    doc = counter_doc(SCHED, "report/code.zip", schedule="*/2 * * * * *")
     r = nats_request(rt.nats_url, "the0.bot-schedule.created", doc)
     assert r["ok"], r
 
     def finished_runs():
-        reply = rt.ctl("status", id="report")
+        reply = rt.ctl("status", id=SCHED)
         return [x for x in reply.get("runs", []) if x.get("exit_code") == 0] if reply.get("ok") else []
 
     wait_for(lambda: len(finished_runs()) >= 2, 60, what="two finished runs")
     runs = finished_runs()
     assert len({x["run_id"] for x in runs}) == len(runs)  # deterministic, distinct run ids
     # a run's output reaches the object store
-    wait_for(lambda: any("report" in json.dumps(x) for x in rt.ctl("logs", id="report", tail=50)["lines"]),
+    wait_for(lambda: any("report" in json.dumps(x) for x in rt.ctl("logs", id=SCHED, tail=50)["lines"]),
              30, what="run logs shipped")
-    r = rt.ctl("run", id="report")
+    r = rt.ctl("run", id=SCHED)
     assert r["ok"]
-    r = nats_request(rt.nats_url, "the0.bot-schedule.deleted", {"id": "report"})
+    r = nats_request(rt.nats_url, "the0.bot-schedule.deleted", {"id": SCHED})
     assert r["ok"]
-    wait_for(lambda: rt.ctl("status", id="report")["ok"] is False, 20, what="schedule gone")
+    wait_for(lambda: rt.ctl("status", id=SCHED)["ok"] is False, 20, what="schedule gone")
 
 
 def test_bad_requests_leave_the_runtime_healthy(world):
