@@ -139,3 +139,25 @@ def test_a_sync_that_does_not_finish_is_stopped_after_the_bounded_wait(tmp_path,
     assert p.returncode == 0, p.stderr
     assert (tmp_path / "sync.txt").read_text().split() == ["started", "terminated"]
     assert "bootstrap.sync_timeout" in p.stderr
+
+
+def test_with_the_real_sync_state_and_logs_reach_the_store(tmp_path, shell):
+    """bootstrap + daemon init + daemon sync together: after exit the state and the log lines are stored,
+    and daemon.logread reads back exactly what the bot printed (the LogShip record format)."""
+    from daemon.archive import extract_tar
+    from daemon.logread import read_lines, read_logs
+
+    env = setup_bot(tmp_path, {"fail": True})
+    p = subprocess.run(shell + [str(BOOTSTRAP)], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 1, p.stderr
+    assert '"sync_exit_code":0' in p.stderr
+    store = LocalObjectStore(tmp_path / "objects")
+    lines = read_lines(store, "b1")
+    assert lines == (tmp_path / "logs/bot.log").read_text().splitlines()
+    assert lines[0] == "hello from b1 realtime" and "RuntimeError: strategy blew up" in lines
+    recs = read_logs(store, "b1")
+    assert all(set(r) >= {"ts", "epoch", "offset", "line"} for r in recs)
+    assert recs[0]["offset"] == 0 and recs[1]["offset"] == len(lines[0]) + 1
+    restored = tmp_path / "restored"
+    extract_tar(store.get_bytes(layout.STATE_BUCKET, layout.state_key("b1")), restored)
+    assert (restored / "env.json").read_bytes() == (tmp_path / "state/env.json").read_bytes()
