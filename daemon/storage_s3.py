@@ -126,10 +126,14 @@ class S3ObjectStore(ObjectStore):
                                     f"MINIO_SECRET_KEY", retryable=False)
             return _Retryable(f"HTTP {exc.status_code}: {exc}")
         if isinstance(exc, InvalidResponseError):
-            if getattr(exc, "_code", 0) == 403:
+            status = getattr(exc, "_code", 0) or 0
+            if status == 403:
                 return StorageError(f"{where} at {self.endpoint}: HTTP 403: check MINIO_ACCESS_KEY / "
                                     f"MINIO_SECRET_KEY", retryable=False)
-            return _Retryable(str(exc))
+            if status >= 500 or status == 429:
+                return _Retryable(f"HTTP {status} (non-S3 response)")
+            return StorageError(f"{where}: {self.endpoint} answered HTTP {status} with a non-S3 response: is "
+                                f"MINIO_ENDPOINT an S3/MinIO endpoint?", retryable=False)
         if isinstance(exc, (urllib3.exceptions.HTTPError, ConnectionError, TimeoutError)):
             return _Retryable(f"{type(exc).__name__}: {exc}")
         if isinstance(exc, MinioException):

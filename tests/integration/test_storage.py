@@ -334,3 +334,31 @@ def test_s3_bucket_deleted_behind_our_back_is_made_again(s3_server):
     store.client.remove_bucket(B)  # an operator removed it; the store still has it cached
     store.put_bytes(B, "b", b"2")
     assert store.get_bytes(B, "b") == b"2"
+
+
+def test_s3_endpoint_that_is_not_s3_is_a_clear_error():
+    """A plain web server (not S3) at MINIO_ENDPOINT: a clear, non-retryable error."""
+
+    class NotS3(http.server.BaseHTTPRequestHandler):
+        def log_message(self, *a):
+            pass
+
+        def do_GET(self):
+            body = b"<html>hello</html>"
+            self.send_response(404)
+            self.send_header("Content-Type", "text/html")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+    srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), NotS3)
+    t = threading.Thread(target=srv.serve_forever, daemon=True)
+    t.start()
+    try:
+        store = S3ObjectStore(f"127.0.0.1:{srv.server_address[1]}", "k", "s", sleep=lambda s: None)
+        with pytest.raises(StorageError, match="non-S3 response") as ei:
+            store.get_bytes(B, "k")
+        assert not ei.value.retryable
+    finally:
+        srv.shutdown()
+        srv.server_close()
