@@ -173,7 +173,7 @@ def run(env: dict) -> list[str]:
     argv = prepare(bot_id, code_file, runtime, entrypoint, code_dir, state_dir, store, InitLimits.from_env(env),
                    **programs)
     try:
-        write_entrypoint(runtime, entrypoint, code_dir, script, **programs)
+        write_entrypoint(runtime, entrypoint, code_dir, script, logs_dir=logs_dir, **programs)
     except OSError as e:
         raise InitError(f"ENTRYPOINT_SCRIPT {script}: cannot write it: {e}") from e
     except EntrypointError as e:

@@ -90,7 +90,8 @@ for name in $(env | sed -n 's/^\([A-Za-z_][A-Za-z0-9_]*\)=.*/\1/p'); do
             set -- "$@" -u "$name" ;;
     esac
 done
-env "$@" STATE_DIR="$STATE_PATH" CODE_MOUNT_DIR="$CODE_PATH" BOT_TYPE="$BOT_TYPE" \
+# THE0_SUPERVISED=1: the entrypoint script just execs the bot (the script unsets it first).
+env "$@" THE0_SUPERVISED=1 STATE_DIR="$STATE_PATH" CODE_MOUNT_DIR="$CODE_PATH" BOT_TYPE="$BOT_TYPE" \
     "$ENTRYPOINT_SCRIPT" >>"$LOGS_PATH/bot.log" 2>&1 </dev/null &
 BOT_PID=$!
 log bot_started ",\"pid\":$BOT_PID"

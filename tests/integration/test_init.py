@@ -157,8 +157,11 @@ def test_main_writes_a_runnable_script_local(tmp_path):
     env = _env(tmp_path, THE0_OBJECTS_DIR=str(objects))
     assert init.main([], env) == 0
     assert (tmp_path / "logs").is_dir()
+    # Run as a container's whole command (Kubernetes): output to bot.log, exit code to .done.
     p = run_bot([str(tmp_path / "var/entrypoint.sh")], tmp_path, tmp_path / "state", bot_id="bot-9")
-    assert p.returncode == 0 and p.stdout == "run 1\n", p.stderr
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "logs/bot.log").read_text() == "run 1\n"
+    assert (tmp_path / "logs/.done").read_text() == "0\n"
     assert (tmp_path / "state/history/run-1.txt").read_text() == "bot-9"
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -185,3 +186,57 @@ def test_python_vendor_dir_is_importable(code):
     (code / "main.py").write_text("import exchange\ndef main(bot_id, config):\n    print(exchange.NAME)\n")
     p = run(command_for("python3.11", "main.py", code, python=sys.executable), code)
     assert p.returncode == 0 and p.stdout == "vendored\n", p.stderr
+
+
+# -- the script as a container's whole command (Kubernetes) and under bootstrap.sh ------------------------
+
+TERM_BOT = '''
+import os, signal, sys, time
+def main(bot_id, config):
+    print("env has THE0_SUPERVISED:", "THE0_SUPERVISED" in os.environ, flush=True)
+    if not config.get("wait"):
+        return {"status": "error", "message": "failed on purpose"}
+    signal.signal(signal.SIGTERM, lambda s, f: (print("stopping", flush=True), sys.exit(9)))
+    print("ready", flush=True)
+    while True:
+        time.sleep(0.05)  # wait-ok: idles until signalled
+'''
+
+
+def test_standalone_script_logs_writes_done_file_and_forwards_term(code, tmp_path):
+    from tests.servers._util import wait_for
+
+    (code / "main.py").write_text(TERM_BOT)
+    logs = tmp_path / "logs"
+    script = tmp_path / "entrypoint.sh"
+    write_entrypoint("python3.11", "main.py", code, script, logs_dir=logs, python=sys.executable)
+
+    p = run(["/bin/sh", str(script)], tmp_path)
+    assert p.returncode == 1 and p.stdout == ""
+    assert "failed on purpose" in (logs / "bot.log").read_text()
+    assert (logs / ".done").read_text() == "1\n"
+
+    env = {"PATH": os.environ["PATH"], "BOT_ID": "b", "BOT_CONFIG": '{"wait": true}'}
+    proc = subprocess.Popen(["/bin/sh", str(script)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        wait_for(lambda: "ready" in (logs / "bot.log").read_text(), 30, what="the bot to start")
+        assert not (logs / ".done").exists()  # removed at start
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(30) == 9
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert "stopping" in (logs / "bot.log").read_text()
+    assert (logs / ".done").read_text() == "9\n"
+
+
+def test_supervised_script_just_execs_the_bot(code, tmp_path):
+    (code / "main.py").write_text(TERM_BOT)
+    logs = tmp_path / "logs"
+    script = tmp_path / "entrypoint.sh"
+    write_entrypoint("python3.11", "main.py", code, script, logs_dir=logs, python=sys.executable)
+    p = run(["/bin/sh", str(script)], tmp_path, {"THE0_SUPERVISED": "1"})
+    assert p.returncode == 1
+    assert p.stdout == "env has THE0_SUPERVISED: False\n"
+    assert not logs.exists()
