@@ -51,6 +51,11 @@ def main(bot_id, config):
         return
     if mode == "ignore_term":
         signal.signal(signal.SIGTERM, lambda *a: print("ignoring SIGTERM", flush=True))
+    if mode == "with_child":
+        import subprocess
+        child = subprocess.Popen(["sleep", "300"])
+        with open(os.path.join(state, "child.pid"), "w") as f:
+            f.write(str(child.pid))
     if mode == "term_ok":
         def bye(*a):
             print("got SIGTERM, bye", flush=True)
@@ -311,6 +316,21 @@ def test_stop_kills_a_bot_ignoring_sigterm_after_grace(make_backend, prefix):
     assert pids_with_bot_id(h.bot_id) == []
 
 
+def test_leftover_children_of_a_dead_bot_are_killed(make_backend, prefix, tmp_path):
+    b, exits = make_backend()
+    h = b.start(RunSpec(bot_def(f"{prefix}-c", mode="with_child")))
+    wait_running(b, h)
+    child_file = tmp_path / "data" / "bots" / h.bot_id / "state" / "child.pid"
+    child = int(wait_for(lambda: child_file.read_text().strip(), what="child pid"))
+    child_ticks = start_ticks(child)
+    assert os.getpgid(child) == parse_ref(h.ref)[0]  # in the bot's process group
+    os.kill(parse_ref(h.ref)[0], signal.SIGKILL)  # only the leader dies...
+    assert exits.wait_one(h.ref).signal == 9
+    # ...and what it left in its group is killed with it (like a container's processes).
+    wait_for(lambda: (proc_stat(child) is None or proc_stat(child).zombie
+                      or proc_stat(child).start_ticks != child_ticks), what="the bot's child killed")
+
+
 def test_second_instance_adopts_without_duplicating(make_backend, prefix, tmp_path):
     b1, exits1 = make_backend()
     h = b1.start(RunSpec(bot_def(f"{prefix}-ad")))
@@ -387,12 +407,40 @@ def test_runtime_killed_bot_adopted(make_backend, prefix, tmp_path, store):
     res = exits.wait_one(ref)
     assert res.code is None and res.reason == REASON_ADOPTED
     assert len(exits.for_ref(ref)) == 1
+    # The adopted bot's log lines, written while no runtime ran, were shipped by the resumed LogShip.
+    wait_for(lambda: list(store.list("bot-logs", f"logs/{bot_id}/")), what="log objects shipped")
     # A fresh instance learns the end from exit.json; a ref nobody recorded is not found.
     fresh, _ = make_backend()
     st = fresh.inspect(h)
     assert not st.running and st.exit.code is None and st.exit.reason == REASON_ADOPTED
     with pytest.raises(TaskNotFound):
         fresh.inspect(Handle(bot_id=bot_id, kind=KIND_REALTIME, ref="4000001:5"))
+
+
+def test_stop_an_adopted_bot(make_backend, prefix, tmp_path, store):
+    """stop() on a process that is not our child (its runtime died): SIGTERM to its group, exit code unknown."""
+    bot_id = f"{prefix}-as"
+    doc = {"id": bot_id, "config": {"mode": "term_ok"}, "custom": {"version": "1", "filePath": CODE_FILE,
+           "config": {"runtime": "python3.11", "entrypoints": {"bot": "main.py"}}}}
+    rt = subprocess.Popen(
+        [sys.executable, "-c", RUNTIME_SCRIPT, str(tmp_path / "data"), str(store.root), json.dumps(doc)],
+        cwd=str(REPO), stdout=subprocess.PIPE, start_new_session=True, env=dict(os.environ, PYTHONPATH=str(REPO)),
+    )
+    try:
+        ref = rt.stdout.readline().decode().strip()
+        assert ref, "runtime did not start the bot"
+    finally:
+        os.kill(rt.pid, signal.SIGKILL)
+        rt.wait(10)
+    b, exits = make_backend()
+    h = Handle(bot_id=bot_id, kind=KIND_REALTIME, ref=ref)  # the actor's handle, not yet listed: stop adopts it
+    wait_for(lambda: any("tick" in ln for ln in b.logs(h, 5)), what="bot running")
+    res = b.stop(h, grace=10)
+    assert res.code is None and res.reason == "stopped by the runtime"
+    assert "got SIGTERM, bye" in "\n".join(b.logs(h, 5))
+    assert pids_with_bot_id(bot_id) == []
+    assert exits.for_ref(ref) == []
+    assert not (tmp_path / "data" / "bots" / bot_id / "task.json").exists()
 
 
 def test_stale_record_and_pid_reuse_guard(make_backend, prefix, tmp_path):
