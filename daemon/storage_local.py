@@ -59,7 +59,7 @@ class LocalObjectStore(ObjectStore):
             raise ValueError(f"invalid bucket {bucket!r}: must not contain '/'")
         return self.root.joinpath(bucket, *_check_name("key", key))
 
-    def _write_atomic(self, dest: Path, write) -> None:
+    def _write_atomic(self, dest: Path, write, durable: bool = True) -> None:
         try:
             dest.parent.mkdir(parents=True, exist_ok=True)
             fd, tmp = tempfile.mkstemp(prefix=_TMP_PREFIX, dir=dest.parent)
@@ -69,7 +69,8 @@ class LocalObjectStore(ObjectStore):
             with os.fdopen(fd, "wb") as f:
                 write(f)
                 f.flush()
-                os.fsync(f.fileno())
+                if durable:  # objects are fsynced; a download is a re-fetchable copy
+                    os.fsync(f.fileno())
             os.replace(tmp, dest)
         except BaseException as e:
             try:
@@ -79,7 +80,8 @@ class LocalObjectStore(ObjectStore):
             if isinstance(e, OSError):
                 raise StorageError(f"local store: cannot write {dest}: {e}", retryable=False) from e
             raise
-        _fsync_dir(dest.parent)
+        if durable:
+            _fsync_dir(dest.parent)
 
     # -- interface ----------------------------------------------------------------------------------
     def put_bytes(self, bucket: str, key: str, data: bytes, content_type: str = "application/octet-stream") -> None:
@@ -112,7 +114,8 @@ class LocalObjectStore(ObjectStore):
         except OSError as e:
             raise StorageError(f"local store: cannot read {p}: {e}", retryable=False) from e
         with src:
-            self._write_atomic(Path(path).absolute(), lambda f: shutil.copyfileobj(src, f, 1024 * 1024))
+            self._write_atomic(Path(path).absolute(), lambda f: shutil.copyfileobj(src, f, 1024 * 1024),
+                               durable=False)
         return True
 
     def exists(self, bucket: str, key: str) -> bool:

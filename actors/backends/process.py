@@ -180,8 +180,8 @@ def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
     with open(tmp, "w", encoding="utf-8") as f:
         json.dump(data, f, separators=(",", ":"))
-        f.flush()
-        os.fsync(f.fileno())
+    # No fsync: the rename is atomic against a crash of this process, and a power loss ends the bots
+    # too (after a reboot the pid + start-time check finds them gone either way).
     os.replace(tmp, path)
 
 
