@@ -298,9 +298,7 @@ class S3ObjectStore(ObjectStore):
                 with os.fdopen(fd, "wb") as f:
                     for chunk in resp.stream(1024 * 1024):
                         f.write(chunk)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, dest)
+                os.replace(tmp, dest)  # atomic; no fsync: a download is a re-fetchable copy
             except BaseException:
                 try:
                     os.unlink(tmp)
