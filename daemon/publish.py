@@ -19,6 +19,23 @@ from daemon.jsonlog import event
 log = logging.getLogger("daemon.publish")
 
 
+def _import_nats(websocket: bool):
+    """Import nats-py without its optional aiohttp (websocket transport) unless a ws:// URL needs it:
+    aiohttp costs ~14 MB of the daemon's memory budget. Later imports of aiohttp elsewhere still work."""
+    import sys
+
+    if websocket or "nats" in sys.modules or "aiohttp" in sys.modules:
+        import nats
+
+        return nats
+    sys.modules["aiohttp"] = None  # type: ignore[assignment]  # makes `import aiohttp` fail inside nats
+    try:
+        import nats
+    finally:
+        del sys.modules["aiohttp"]
+    return nats
+
+
 class Publisher:
     """``Publisher(url).start()``; ``publish(subject, bytes) -> bool`` from any thread; ``close()``."""
 
@@ -105,7 +122,7 @@ class Publisher:
             loop.close()
 
     async def _connect_forever(self) -> None:
-        import nats
+        nats = _import_nats(websocket=self.url.startswith(("ws://", "wss://")))
 
         async def on_disconnect() -> None:
             self._connected.clear()

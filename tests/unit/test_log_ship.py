@@ -151,6 +151,15 @@ def test_json_lines_keep_their_fields(env):
     assert "fields" not in recs[1] and "fields" not in recs[2]
 
 
+def test_offsets_are_bytes_and_crlf_is_trimmed(env):
+    ref = start(env)
+    append(env["log"], "h\u00e9llo\r\nnext\n{\"a\": \"\u00e9\"}\r\n")
+    ref.proxy().flush(final=False).get(timeout=10)
+    assert read_lines(env["store"]) == [(0, 0, "h\u00e9llo"), (0, 8, "next"), (0, 13, '{"a": "\u00e9"}')]
+    recs = [r for _, rs in read_objects(env["store"]) for r in rs]
+    assert recs[2]["fields"] == {"a": "\u00e9"}
+
+
 def test_truncation_starts_a_new_epoch_at_offset_zero(env):
     ref = start(env)
     append(env["log"], "one\ntwo\nthree\n")
