@@ -41,6 +41,7 @@ from daemon.storage import ObjectStore
 log = logging.getLogger("daemon.log_ship")
 
 CHECKPOINT_FILE = "logship.checkpoint.json"
+_HEAD_BYTES = 64
 IDLE, RETRYING = "idle", "retrying"
 
 Publish = Callable[[str, bytes], Any]
@@ -212,6 +213,7 @@ class LogShip(Supervised):
         self._pending_bytes = 0
         self._reship: dict | None = None  # inflight batch of the previous run, to cut again identically
         self._cp: dict | None = None
+        self._seen_head = b""  # the generation's first bytes as last seen (copytruncate detection)
         self._stats = {"batches": 0, "lines": 0, "bytes": 0, "failures": 0, "published": 0}
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -367,6 +369,7 @@ class LogShip(Supervised):
     def _reset_reader(self, offset: int) -> None:
         self._buf, self._buf_off = b"", offset
         self._lines, self._pending_bytes = [], 0
+        self._seen_head = b""
 
     def _generation_change(self) -> str | None:
         try:
@@ -375,8 +378,14 @@ class LogShip(Supervised):
             st = None  # deleted, not yet recreated: keep reading the old file
         if st is not None and (st.st_dev, st.st_ino) != self._ident:
             return "rotated"
-        if os.fstat(self._f.fileno()).st_size < self._buf_off + len(self._buf):
+        fd = self._f.fileno()
+        if os.fstat(fd).st_size < self._buf_off + len(self._buf):
             return "truncated"
+        # truncated and written again past our position (copytruncate): the first bytes changed
+        head = os.pread(fd, _HEAD_BYTES, 0)
+        if not head.startswith(self._seen_head):
+            return "truncated"
+        self._seen_head = head
         return None
 
     def _read_available(self, final: bool, limit: int | None) -> bool:

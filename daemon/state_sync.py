@@ -320,6 +320,9 @@ class StateSync(Supervised):
 
     def _build(self) -> bytes:
         """Check state.json and the size limits, then make the deterministic tar (StateRejected if not)."""
+        if not os.path.isdir(self.state_dir):
+            # never replace the stored state with an empty one because the directory went away
+            raise StateRejected(f"state dir {self.state_dir} is missing: nothing uploaded")
         sj = os.path.join(self.state_dir, STATE_JSON)
         if os.path.isfile(sj):
             try:

@@ -172,6 +172,17 @@ def test_truncation_starts_a_new_epoch_at_offset_zero(env):
     assert checkpoint(env)["epoch"] == 1 and checkpoint(env)["offset"] == 6
 
 
+def test_truncated_and_rewritten_past_our_position_is_a_new_epoch(env):
+    ref = start(env)
+    append(env["log"], "old line one\n")
+    ref.proxy().flush(final=False).get(timeout=10)
+    with open(env["log"], "w") as f:  # copytruncate, then the bot writes more than before
+        f.write("new generation line, longer than the old file\n")
+    ref.proxy().flush(final=False).get(timeout=10)
+    assert read_lines(env["store"]) == [
+        (0, 0, "old line one"), (1, 0, "new generation line, longer than the old file")]
+
+
 def test_rotation_drains_the_old_file_then_starts_a_new_epoch(env):
     ref = start(env)
     w = open(env["log"], "a")

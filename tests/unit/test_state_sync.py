@@ -340,3 +340,19 @@ def test_new_subdirectory_is_watched(env):
     finally:
         ref.stop()
         watcher.close()
+
+
+def test_a_vanished_state_dir_never_replaces_the_stored_state(env):
+    import shutil
+
+    state, _, store, clock = env
+    ref = start(env)
+    write(state / "state.json", '{"keep": 1}')
+    changed(ref)
+    advance(ref, clock, 0.3)
+    shutil.rmtree(state)
+    changed(ref)
+    advance(ref, clock, 0.3)
+    st = status(ref)
+    assert st["uploads"] == 1 and "missing" in st["last_result"].reason
+    assert stored_files(store) == {"state.json": b'{"keep": 1}'}
