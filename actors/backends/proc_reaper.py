@@ -254,7 +254,11 @@ class ProcReaper:
                     if self._closed:
                         return
                     continue
-                done = self._reap(fd)
+                try:
+                    done = self._reap(fd)
+                except Exception as e:  # noqa: BLE001 - the single watcher must not die of one process
+                    event(log, "reaper.reap_failed", logging.ERROR, exc_info=True, fd=fd, error=str(e))
+                    continue
                 if done is None:
                     continue
                 key, result = done

@@ -676,6 +676,7 @@ class ProcessBackend(Backend):
 
     # --- stop / inspect ------------------------------------------------------------------------------------
     def stop(self, handle: Handle, grace: float | None = None) -> ExitResult | None:
+        self._check_open()
         grace = self.stop_grace if grace is None else max(0.0, grace)
         paths = self._paths_of(handle)
         task = self._task_for(handle, paths)
