@@ -356,3 +356,59 @@ def test_a_vanished_state_dir_never_replaces_the_stored_state(env):
     st = status(ref)
     assert st["uploads"] == 1 and "missing" in st["last_result"].reason
     assert stored_files(store) == {"state.json": b'{"keep": 1}'}
+
+
+# -- the shared watcher (daemon.watcher) ---------------------------------------------------------
+
+
+def test_watcher_serves_several_listeners_and_unregister_drops_watches(tmp_path):
+    a, b = tmp_path / "a", tmp_path / "b"
+    (a / "deep").mkdir(parents=True)
+    b.mkdir()
+    watcher = DirWatcher()
+    try:
+        got_a1, got_a2, got_b = [], [], []
+        cb_a1, cb_a2 = got_a1.append, got_a2.append
+        watcher.register(str(a), cb_a1)
+        watcher.register(str(a), cb_a2)
+        watcher.register(str(b), got_b.append)
+        assert set(watcher.watched_dirs()) == {str(a), str(a / "deep"), str(b)}
+        (a / "deep" / "f").write_text("x")
+        wait_for(lambda: got_a1 and got_a2, 10, what="both listeners of a")
+        assert any(str(a / "deep" / "f") in ev.paths for ev in got_a1)
+        assert got_b == []
+        watcher.unregister(str(a), cb_a1)
+        assert str(a) in watcher.roots()
+        watcher.unregister(str(a), cb_a2)
+        assert watcher.roots() == [str(b)] and watcher.watched_dirs() == [str(b)]
+    finally:
+        watcher.close()
+
+
+def test_watcher_overflow_tells_every_listener_to_rescan(tmp_path):
+    from inotify_simple import Event, flags
+
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    watcher = DirWatcher()
+    try:
+        got = []
+        watcher.register(str(tmp_path / "x"), got.append)
+        watcher.register(str(tmp_path / "y"), got.append)
+        # the kernel's queue-overflow event (wd -1), as read from the inotify fd
+        watcher._dispatch([Event(wd=-1, mask=flags.Q_OVERFLOW, cookie=0, name="")])
+        assert sorted((ev.root, ev.overflow) for ev in got) == [
+            (str(tmp_path / "x"), True), (str(tmp_path / "y"), True)]
+    finally:
+        watcher.close()
+
+
+def test_watcher_refuses_a_missing_directory(tmp_path):
+    from daemon.watcher import WatchError
+
+    watcher = DirWatcher()
+    try:
+        with pytest.raises(WatchError, match="not a directory"):
+            watcher.register(str(tmp_path / "nope"), lambda ev: None)
+    finally:
+        watcher.close()
