@@ -68,7 +68,7 @@ def main(bot_id, config):
             json.dump({"n": n}, f)
         os.replace(os.path.join(state, "state.json.tmp"), os.path.join(state, "state.json"))
         print(f"tick {n}", flush=True)
-        time.sleep(0.2)
+        time.sleep(0.2)  # wait-ok: the bot paces its own loop
 '''
 
 CODE_FILE = "tests/process-bot.zip"
