@@ -242,7 +242,11 @@ class BotActor(Supervised):
 
     def _on_exited(self, msg: Exited) -> None:
         if self.handle is None or msg.run_id is not None:
-            return None  # not ours (stale exit of a task we already stopped or replaced)
+            return None  # not ours (a scheduled run's, or of a task we already stopped)
+        if msg.ref and msg.ref != self.handle.ref:
+            # The exit of a task this actor replaced (its stop's event arrives after the new start).
+            event(log, "bot.stale_exit_ignored", bot_id=self.defn.id, ref=msg.ref, current=self.handle.ref)
+            return None
         self.last_exit_code = msg.code
         self.last_exit_reason = msg.reason or ("oom killed" if msg.oom_killed else "")
         if self.backend.capabilities.restarts_bots:

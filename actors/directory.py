@@ -48,7 +48,7 @@ class Directory:
             return False
 
     def route_exit(self, handle: Handle, result: ExitResult) -> None:
-        msg = Exited(handle.bot_id, handle.run_id, result.code, result.reason, result.oom_killed)
+        msg = Exited(handle.bot_id, handle.run_id, result.code, result.reason, result.oom_killed, handle.ref)
         if not self.tell(handle.kind, handle.bot_id, msg):
             event(log, "exit.unowned", bot_id=handle.bot_id, run_id=handle.run_id, code=result.code)
 

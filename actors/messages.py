@@ -229,6 +229,7 @@ class Exited:
     code: int | None
     reason: str = ""
     oom_killed: bool = False
+    ref: str = ""  # the task that ended (Handle.ref); an exit of a task already replaced is stale
 
 
 @dataclass(frozen=True)

@@ -76,6 +76,7 @@ class RuntimeProcess:
         self.proc: subprocess.Popen | None = None
 
     def start(self):
+        self.data_dir.mkdir(parents=True, exist_ok=True)
         self.log = open(self.data_dir / f"runtime-{time.time_ns()}.log", "wb")
         self.proc = subprocess.Popen([sys.executable, "-m", "actors.main"], cwd=ROOT, env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)

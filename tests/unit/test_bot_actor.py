@@ -239,3 +239,18 @@ def test_platform_restarts_means_actor_only_reports():
     assert s["state"] == "running" and s["last_exit_code"] == 2
     clock.advance(1000)
     assert len(be.started) == 1
+
+
+def test_exit_of_a_replaced_task_is_ignored():
+    be = FakeBackend()
+    ref, _, _ = start_actor(be)
+    old = status(ref) and be.running["b1"]
+    ref.tell(Reconfigure(defn(symbol="ETH")))
+    status(ref)
+    new = be.running["b1"]
+    assert new.ref != old.ref
+    ref.tell(Exited("b1", None, 143, "killed by signal 15", ref=old.ref))  # the old task's late event
+    s = status(ref)
+    assert s["state"] == "running" and be.removed == [old] and "b1" in be.running
+    ref.tell(Exited("b1", None, 1, "crash", ref=new.ref))
+    assert status(ref)["state"] == "backoff"
