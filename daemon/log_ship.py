@@ -214,6 +214,7 @@ class LogShip(Supervised):
         self._reship: dict | None = None  # inflight batch of the previous run, to cut again identically
         self._cp: dict | None = None
         self._seen_head = b""  # the generation's first bytes as last seen (copytruncate detection)
+        self._rotated_away = False
         self._stats = {"batches": 0, "lines": 0, "bytes": 0, "failures": 0, "published": 0}
 
     # -- lifecycle ---------------------------------------------------------------------------------
@@ -318,6 +319,7 @@ class LogShip(Supervised):
             if change == "rotated":
                 self._f.close()
                 self._f = None
+                self._rotated_away = True  # whatever file appears next is a new generation
                 if not self._open_path(new_generation=True):
                     return True
             else:
@@ -338,7 +340,8 @@ class LogShip(Supervised):
         st = os.fstat(f.fileno())
         self._f, self._ident = f, (st.st_dev, st.st_ino)
         cp, self._cp = self._cp, None
-        if new_generation:
+        if new_generation or self._rotated_away:
+            self._rotated_away = False
             self._new_generation(0)
         elif cp and (cp.get("dev"), cp.get("ino")) == self._ident and st.st_size >= cp.get("offset", 0) \
                 and self._head(cp.get("head_len") or 0) == (cp.get("head"), cp.get("head_len")):

@@ -25,6 +25,7 @@ import logging
 import os
 import random
 import tempfile
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -72,12 +73,14 @@ class Backoff:
 def default_clock() -> Clock:
     """One RealClock (one timer thread) per process, shared by every actor that is not given a clock."""
     global _clock
-    if _clock is None:
-        _clock = RealClock()
-    return _clock
+    with _clock_lock:
+        if _clock is None:
+            _clock = RealClock()
+        return _clock
 
 
 _clock: Clock | None = None
+_clock_lock = threading.Lock()
 
 
 def _limits(max_total_bytes: int):

@@ -173,7 +173,7 @@ def test_publisher_drops_and_counts_while_nats_is_down(nats_server):
         pub.close(2)
 
 
-def test_state_round_trip_through_the_s3_server(tmp_path, s3_server):
+def test_state_and_logs_round_trip_through_the_s3_server(tmp_path, s3_server):
     from daemon.archive import extract_tar
     from daemon.storage_s3 import S3ObjectStore
 
@@ -188,8 +188,10 @@ def test_state_round_trip_through_the_s3_server(tmp_path, s3_server):
         bs = BotSync.start("s3bot", str(d["state"]), str(d["log"]), str(d["work"]), store, watcher=watcher)
         wait_for(lambda: store.exists(layout.STATE_BUCKET, layout.state_key("s3bot")), 20, what="state in S3")
         (d["state"] / "state.json").write_text('{"cash": 990}')
+        _append(d["log"], "sold 10\n")
         wait_for(lambda: _state_files(store, "s3bot").get("state.json") == b'{"cash": 990}', 20,
                  what="the change in S3")
+        wait_for(lambda: read_lines(store, "s3bot") == ["sold 10"], 20, what="the log line in S3")
         bs.stop()
     finally:
         watcher.close()

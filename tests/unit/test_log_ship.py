@@ -314,3 +314,16 @@ def test_publish_failure_does_not_stop_shipping(env):
     append(env["log"], "l1\nl2\n")
     res = ref.proxy().flush(final=False).get(timeout=10)
     assert res.ok and len(read_lines(env["store"])) == 2
+
+
+def test_rotated_away_and_recreated_later_is_still_a_new_epoch(env):
+    ref = start(env)
+    append(env["log"], "before\n")
+    ref.proxy().flush(final=False).get(timeout=10)
+    os.rename(env["log"], str(env["log"]) + ".1")
+    append(str(env["log"]) + ".1", "tail of old\n")
+    poke(ref)  # no new file yet: keeps reading the old one
+    os.remove(str(env["log"]) + ".1")
+    append(env["log"], "new file\n")
+    ref.proxy().flush(final=False).get(timeout=10)
+    assert read_lines(env["store"]) == [(0, 0, "before"), (0, 7, "tail of old"), (1, 0, "new file")]
