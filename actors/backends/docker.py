@@ -144,6 +144,7 @@ class DockerBackend(Backend):
         # Watcher state: containers known to be running (id -> Handle), exits already reported.
         self._running: dict[str, Handle] = {}
         self._reported: set[tuple[str, str]] = set()
+        self._stopped_by_us: set[str] = set()  # ids stop() was called for: their exit is stop()'s result
         self._on_exit: ExitCallback | None = None
         self._stopping = threading.Event()
         self._thread: threading.Thread | None = None
@@ -325,6 +326,10 @@ class DockerBackend(Backend):
         return self._clock.time() if self._clock is not None else time.time()
 
     def stop(self, handle: Handle, grace: float) -> ExitResult | None:
+        """Stop and return the exit; like the process backend, a stopped task's exit is not also sent to
+        the watch callback (the caller has it from here)."""
+        with self._lock:
+            self._stopped_by_us.add(handle.ref)
         try:
             c = self._client.containers.get(handle.ref)
             # SIGTERM -> bootstrap forwards it, the daemon does its final sync -> SIGKILL after grace.
@@ -333,6 +338,8 @@ class DockerBackend(Backend):
         except derrors.NotFound:
             return None
         except (derrors.DockerException, requests.RequestException) as e:
+            with self._lock:
+                self._stopped_by_us.discard(handle.ref)  # its exit, whenever it comes, must be reported
             raise self._error(f"bot {handle.bot_id}: stop", e) from None
         event(log, "docker.stopped", bot_id=handle.bot_id, container=c.name, code=c.attrs["State"].get("ExitCode"))
         return exit_from_state(c.attrs["State"])
@@ -351,6 +358,7 @@ class DockerBackend(Backend):
         with self._lock:
             self._running.pop(handle.ref, None)
             self._reported = {k for k in self._reported if k[0] != handle.ref}
+            self._stopped_by_us.discard(handle.ref)
 
     def _remove_quietly(self, cid: str) -> None:
         try:
@@ -495,6 +503,8 @@ class DockerBackend(Backend):
             # Removed before we could look (e.g. --rm): report what the event says.
             with self._lock:
                 known = self._running.pop(cid, None)
+                if cid in self._stopped_by_us:
+                    known = None
             if known is not None:
                 code = ev.get("Actor", {}).get("Attributes", {}).get("exitCode")
                 self._deliver(known, ExitResult(code=int(code) if code is not None else None, reason="removed"))
@@ -517,7 +527,10 @@ class DockerBackend(Backend):
             vanished = [(cid, h) for cid, h in self._running.items() if cid not in seen]
             for cid, _ in vanished:
                 self._running.pop(cid, None)
-        for _cid, h in vanished:
+        for cid, h in vanished:
+            with self._lock:
+                if cid in self._stopped_by_us:
+                    continue
             self._deliver(h, ExitResult(code=None, reason="container vanished while the events stream was down"))
 
     def _report_exit(self, attrs: dict) -> None:
@@ -531,6 +544,8 @@ class DockerBackend(Backend):
                 return
             self._reported.add(key)
             self._running.pop(attrs["Id"], None)
+            if attrs["Id"] in self._stopped_by_us:
+                return  # stop() returned this exit to its caller
         self._deliver(self._handle(attrs), exit_from_state(state))
 
     def _deliver(self, handle: Handle, result: ExitResult) -> None:
