@@ -131,6 +131,13 @@ class DockerBackend(Backend):
             )
         self.config = config
         self.nats_url = nats_url if nats_url is not None else config.nats_url
+        if config.docker.network != "host":
+            for what, addr in (("MINIO_ENDPOINT", config.minio_endpoint), ("NATS_URL", self.nats_url or "")):
+                if any(h in addr for h in ("127.0.0.1", "localhost", "[::1]")):
+                    event(log, "docker.loopback_address", logging.WARNING, setting=what, value=addr,
+                          network=config.docker.network,
+                          hint="bot containers cannot reach the host's loopback; use an address reachable "
+                               "on THE0_DOCKER_NETWORK, or THE0_DOCKER_NETWORK=host")
         self._clock = clock
         try:
             self._client = client or docker.from_env()
@@ -403,6 +410,8 @@ class DockerBackend(Backend):
             raise self._error("list managed containers", e) from None
 
     def logs(self, handle: Handle, tail: int = 100) -> list[str]:
+        """The container's own output: bootstrap's and the daemon's JSON lines (init failures show here).
+        The bot's output is in /var/the0/logs/bot.log inside it and shipped to the object store."""
         try:
             raw = self._client.api.logs(handle.ref, stdout=True, stderr=True, tail=max(0, int(tail)))
         except derrors.NotFound:
