@@ -56,7 +56,7 @@ kube-build:
 	bash tests/servers/kube.sh build
 
 bench: deps
-	@for b in bench/*.py; do $(BIN)/python $$b || echo "| $$b | failed | - | MISS |"; done
+	@for b in bench/[!_]*.py; do $(BIN)/python $$b || echo "| $$b | failed | - | MISS |"; done
 
 clean:
 	rm -rf $(VENV) $(THE0_MOTO_VENV) $(THE0_MONGO_VENV) .the0 build

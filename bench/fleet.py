@@ -12,7 +12,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _runtime import (NatsServer, RuntimeProcess, bot_pids, nats_request, pct, proc_cpu_seconds, proc_rss_mb, row,
+from _runtime import (NatsServer, RuntimeProcess, nats_request, pct, proc_cpu_seconds, proc_rss_mb, row,
                       sleeper_doc, sleeper_zip)
 
 from daemon import layout
@@ -22,16 +22,17 @@ N = int(os.environ.get("BENCH_BOTS", "1000"))
 IDLE_WINDOW = float(os.environ.get("BENCH_IDLE_SECONDS", "20"))
 
 
-def count_bot_processes(prefix: str) -> int:
-    n = 0
+def fleet_pids(prefix: str) -> list[int]:
+    """Every process whose environment has a BOT_ID starting with ``prefix`` (one /proc scan)."""
+    out = []
     for p in Path("/proc").iterdir():
         if p.name.isdigit():
             try:
                 if f"BOT_ID={prefix}".encode() in (p / "environ").read_bytes():
-                    n += 1
+                    out.append(int(p.name))
             except OSError:
                 pass
-    return n
+    return out
 
 
 def main() -> None:
@@ -54,7 +55,7 @@ def main() -> None:
                 break
             time.sleep(1)
         row(f"{N} bots created -> all running", f"{time.perf_counter() - t0:.1f} s", "-", running >= N)
-        procs = count_bot_processes("fleet-")
+        procs = len(fleet_pids("fleet-"))
         row(f"bot processes for {N} bots", str(procs), f"== {N}", procs == N)
         rss = proc_rss_mb(rt.proc.pid)
         row(f"runtime RSS with {N} bots", f"{rss:.0f} MB", "< 300 MB", rss < 300)
@@ -72,9 +73,8 @@ def main() -> None:
     finally:
         rt.stop()
         nats.stop()
-        for i in range(N):
-            for pid in bot_pids(f"fleet-{i:04d}"):
-                os.kill(pid, signal.SIGKILL)
+        for pid in fleet_pids("fleet-"):
+            os.kill(pid, signal.SIGKILL)
 
 
 if __name__ == "__main__":
