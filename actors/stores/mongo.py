@@ -42,17 +42,31 @@ STATUS_COLLECTION = "runtime_status"
 RUNS_COLLECTION = "runtime_runs"
 
 SELECT_TIMEOUT_MS = 2000  # how long an operation waits for a reachable server before StoreUnavailable
-CONNECT_TIMEOUT_MS = 2000
+CONNECT_TIMEOUT_MS = 5000  # also the heartbeat's timeout: a busy server is not taken for a dead one
 SOCKET_TIMEOUT_MS = 15000  # a server that stops answering mid-operation
+
+
+_JSON_SCALARS = frozenset((str, int, float, bool, type(None)))
 
 
 def plain(value: Any) -> Any:
     """``value`` with BSON-only types turned into JSON types (datetime -> ISO string, ObjectId -> str)."""
+    t = type(value)
+    if t is dict:
+        return {k: v if type(v) in _JSON_SCALARS else plain(v) for k, v in value.items()}
+    if t is list:
+        return [v if type(v) in _JSON_SCALARS else plain(v) for v in value]
+    if t in _JSON_SCALARS:
+        return value
+    return _plain_other(value)
+
+
+def _plain_other(value: Any) -> Any:
     if isinstance(value, dict):
         return {k: plain(v) for k, v in value.items()}
-    if isinstance(value, list):
+    if isinstance(value, (list, tuple)):
         return [plain(v) for v in value]
-    if value is None or isinstance(value, (str, int, float, bool)):
+    if isinstance(value, (str, int, float, bool)):  # Int64 and other subclasses
         return value
     if isinstance(value, dt.datetime):
         if value.tzinfo is not None:
@@ -70,8 +84,6 @@ def plain(value: Any) -> Any:
         return str(value)
     if isinstance(value, (bytes, bytearray)):
         return base64.b64encode(bytes(value)).decode()
-    if isinstance(value, tuple):
-        return [plain(v) for v in value]
     return str(value)
 
 

@@ -100,7 +100,8 @@ class SqliteStore(Store):
         check_collection(collection)
         with self._conn() as db:
             rows = db.execute("SELECT body FROM docs WHERE collection = ? ORDER BY id", (collection,)).fetchall()
-        return [json.loads(body) for (body,) in rows]
+        # one parse of one JSON array is markedly cheaper than one parse per document
+        return json.loads("[" + ",".join([body for (body,) in rows]) + "]")
 
     def get_doc(self, collection: str, doc_id_: str) -> dict[str, Any] | None:
         check_collection(collection)
