@@ -8,8 +8,8 @@
 
 Bounded (20 + 20 sequential starts, 2 x 100 concurrent) and it removes every container it made. Needs
 dockerd (started here when none answers, stopped again) and the python3.11 runtime image (built with
-images/build.sh --base local when missing). The containers' object store is a closed port: the daemon
-inside fails fast, which does not matter here, only the start does.
+images/build.sh --base local when missing). The containers' object store does not resolve and their
+network is "none": the daemon inside fails fast, which does not matter here, only the start does.
 
     .venv/bin/python bench/docker_start.py
 """
@@ -76,7 +76,7 @@ def main() -> int:
         build_test_images(("python3.11",))
         cfg = load(env={
             "THE0_BACKEND": "docker", "THE0_DOCKER_NETWORK": "none",
-            "MINIO_ENDPOINT": "127.0.0.1:9", "MINIO_ACCESS_KEY": "bench", "MINIO_SECRET_KEY": "bench",
+            "MINIO_ENDPOINT": "minio.invalid:9000", "MINIO_ACCESS_KEY": "bench", "MINIO_SECRET_KEY": "bench",
         })
         backend = DockerBackend(cfg)
         client = daemon.client()
