@@ -282,7 +282,11 @@ class DockerBackend(Backend):
                 continue
             except (derrors.DockerException, requests.RequestException) as e:
                 raise self._error(f"bot {spec.bot.id}: create {name}", e) from None
-            self._start_container(cid, spec)
+            try:
+                self._start_container(cid, spec)
+            except BackendError:
+                self._remove_quietly(cid)  # leave nothing half-made behind; a retry creates it again
+                raise
             event(log, "docker.started", bot_id=spec.bot.id, run_id=spec.run_id, container=name, id=cid[:12])
             # No inspect on the hot path: the handle is built from what we asked for.
             return self._remember(Handle(
@@ -311,6 +315,13 @@ class DockerBackend(Backend):
     def _start_container(self, cid: str, spec: RunSpec) -> None:
         try:
             self._client.api.start(cid)
+        except derrors.NotFound as e:
+            net = self.config.docker.network
+            if "network" in str(e) and net in str(e):
+                raise BackendError(
+                    f"bot {spec.bot.id}: docker network {net!r} does not exist; create it (docker network "
+                    f"create {net}) or set THE0_DOCKER_NETWORK", retryable=False) from None
+            raise self._error(f"bot {spec.bot.id}: start {cid[:12]}", e) from None
         except (derrors.DockerException, requests.RequestException) as e:
             raise self._error(f"bot {spec.bot.id}: start {cid[:12]}", e) from None
 

@@ -19,6 +19,7 @@ import tarfile
 import threading
 import uuid
 import zipfile
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -238,6 +239,19 @@ def test_limits_default_override_and_bounded_by_max(backend, store):
     plain = backend.create_kwargs(RunSpec(python_bot(store, "limits2")))
     assert plain["mem_limit"] == "512m" and plain["pids_limit"] == 256 and plain["nano_cpus"] == 1_000_000_000
     assert "restart_policy" not in plain and "oom_score_adj" not in plain and "ulimits" not in plain
+
+
+def test_missing_image_or_network_is_a_clear_error_and_leaves_nothing(backend, store, config, docker_daemon):
+    bot = python_bot(store, "errs")
+    no_image = DockerBackend(replace(config, docker=replace(config.docker, image_tag="no-such-tag")))
+    with pytest.raises(BackendError, match="images/build.sh") as e:
+        no_image.start(RunSpec(bot))
+    assert e.value.retryable is False
+    no_net = DockerBackend(replace(config, docker=replace(config.docker, network="the0-no-such-net")))
+    with pytest.raises(BackendError, match="docker network create the0-no-such-net") as e:
+        no_net.start(RunSpec(bot))
+    assert e.value.retryable is False
+    assert containers_named(docker_daemon, container_name(RunSpec(bot))) == []
 
 
 # --- realtime bot: state, kill, restart, hardening ---------------------------------------------------------
