@@ -20,7 +20,6 @@ import threading
 import uuid
 import zipfile
 from dataclasses import replace
-from pathlib import Path
 
 import pytest
 
