@@ -63,7 +63,8 @@ class Store(abc.ABC):
         """Insert unless a document with this id exists; True when inserted."""
 
     @abc.abstractmethod
-    def upsert_doc(self, collection: str, doc: dict[str, Any]) -> None: ...
+    def upsert_doc(self, collection: str, doc: dict[str, Any]) -> None:
+        """Insert, or replace the top-level fields ``doc`` carries; other stored fields are kept."""
 
     @abc.abstractmethod
     def delete_doc(self, collection: str, doc_id: str) -> bool:

@@ -192,10 +192,13 @@ class MongoStore(Store):
         coll = self._docs[check_collection(collection)]
         key = doc_id(doc)
         with self._op(f"upsert {coll.full_name} {key}"):
+            # Top-level fields of the event replace the stored ones; fields the event does not carry
+            # (the0's own bookkeeping: userId, name, createdAt...) are kept, and so is its _id.
+            update = {"$set": _without_id(doc)}
             try:
-                coll.replace_one({"id": key}, _without_id(doc), upsert=True)
+                coll.update_one({"id": key}, update, upsert=True)
             except perr.DuplicateKeyError:  # two upserts raced to insert: the document exists now
-                coll.replace_one({"id": key}, _without_id(doc), upsert=True)
+                coll.update_one({"id": key}, update, upsert=True)
 
     def delete_doc(self, collection: str, doc_id_: str) -> bool:
         coll = self._docs[check_collection(collection)]

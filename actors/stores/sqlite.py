@@ -123,12 +123,15 @@ class SqliteStore(Store):
     def upsert_doc(self, collection: str, doc: dict[str, Any]) -> None:
         check_collection(collection)
         key = doc_id(doc)
-        body = _dumps(doc, f"document {key!r}")
+        _dumps(doc, f"document {key!r}")  # refuse what is not JSON before touching anything
         with self._conn(write=True) as db:
+            # Like Mongo's $set: the top-level fields of ``doc`` replace the stored ones, others stay.
+            row = db.execute("SELECT body FROM docs WHERE collection = ? AND id = ?", (collection, key)).fetchone()
+            merged = {**json.loads(row[0]), **doc} if row else doc
             db.execute(
                 "INSERT INTO docs (collection, id, body) VALUES (?, ?, ?)"
                 " ON CONFLICT (collection, id) DO UPDATE SET body = excluded.body",
-                (collection, key, body),
+                (collection, key, _dumps(merged, f"document {key!r}")),
             )
 
     def delete_doc(self, collection: str, doc_id_: str) -> bool:

@@ -82,14 +82,15 @@ def test_create_skips_an_existing_id(store):
     assert store.get_doc(BOTS, "b1")["custom"]["version"] == "1.0.0"
 
 
-def test_upsert_inserts_then_replaces_the_whole_document(store):
-    store.upsert_doc(BOTS, bot_doc("b1", "1.0.0", enabled=False))
-    assert store.get_doc(BOTS, "b1") == bot_doc("b1", "1.0.0", enabled=False)
+def test_upsert_inserts_then_replaces_the_fields_it_carries(store):
+    store.upsert_doc(BOTS, dict(bot_doc("b1", "1.0.0"), userId="u1", createdAt="2026-01-01"))
+    assert store.get_doc(BOTS, "b1") == dict(bot_doc("b1", "1.0.0"), userId="u1", createdAt="2026-01-01")
     replacement = {"id": "b1", "config": {"x": 1}, "custom": {"version": "2.0.0", "filePath": "f.zip",
                                                                "config": {"runtime": "nodejs20",
                                                                           "entrypoints": {"bot": "main.js"}}}}
     store.upsert_doc(BOTS, replacement)
-    assert store.get_doc(BOTS, "b1") == replacement  # "enabled" and the old config keys are gone
+    # config and custom are replaced whole (old config keys gone); the0's own fields stay
+    assert store.get_doc(BOTS, "b1") == dict(replacement, userId="u1", createdAt="2026-01-01")
     assert len(store.list_docs(BOTS)) == 1
 
 

@@ -3,7 +3,7 @@
 # Go + etcd for building and running a real kube-apiserver. Installs only what is missing.
 set -euo pipefail
 need=()
-for p in docker.io busybox-static debootstrap golang-go etcd-server rsync jq openssl gcc nodejs; do
+for p in docker.io busybox-static debootstrap golang-go etcd-server rsync jq openssl gcc libc6-dev nodejs; do
   dpkg -s "$p" >/dev/null 2>&1 || need+=("$p")
 done
 if [ ${#need[@]} -gt 0 ]; then
