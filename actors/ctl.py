@@ -33,10 +33,17 @@ class CtlError(Exception):
 async def _connect(url: str) -> Any:
     import nats
 
+    async def quiet(_e: Exception) -> None:  # the failure is reported once, below
+        pass
+
     try:
-        return await nats.connect(url, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False)
+        return await asyncio.wait_for(
+            nats.connect(url, connect_timeout=3, max_reconnect_attempts=0, allow_reconnect=False, error_cb=quiet),
+            timeout=5,
+        )
     except Exception as e:  # noqa: BLE001
-        raise CtlError(f"cannot reach NATS at {url}: {e}; is the runtime running? (set NATS_URL)", 3) from None
+        why = str(e) or "no answer within 5 s"
+        raise CtlError(f"cannot reach NATS at {url}: {why}; is the runtime running? (set NATS_URL)", 3) from None
 
 
 async def request(url: str, subject: str, payload: dict[str, Any], timeout: float = 10.0) -> dict[str, Any]:

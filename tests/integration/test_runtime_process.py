@@ -235,3 +235,57 @@ def test_bad_requests_leave_the_runtime_healthy(world):
             r = nats_request(rt.nats_url, subject, payload)
             assert r["ok"] is False and r["error"]
     assert rt.ready() and rt.ctl("list") == {"ok": True, "bots": []}
+
+
+def ctl(rt, *args, env=None):
+    return subprocess.run([sys.executable, "-m", "actors.ctl", "--url", rt.nats_url, *args], cwd=ROOT,
+                          env=dict(os.environ, THE0_DATA_DIR=str(rt.data_dir), **(env or {})),
+                          capture_output=True, text=True, timeout=60)
+
+
+def test_operator_cli_deploy_list_status_restart_logs(world):
+    rt, _ = world
+    rt.start()
+    bot = f"cli-{secrets.token_hex(3)}"
+    try:
+        r = ctl(rt, "deploy", str(ROOT / "examples" / "counter"), "--runtime", "python3.11", "--id", bot,
+                "--config", '{"interval": 0.2}')
+        assert r.returncode == 0, r.stderr
+        wait_for(lambda: len(bot_pids(bot)) == 1, 30, what="deployed bot running")
+        r = ctl(rt, "--json", "list")
+        assert r.returncode == 0 and bot in [b["id"] for b in json.loads(r.stdout)["bots"]]
+        table = ctl(rt, "list").stdout.splitlines()
+        assert table[0].split()[:3] == ["ID", "KIND", "STATE"] and any(line.startswith(bot) for line in table)
+        pid = bot_pids(bot)[0]
+        assert ctl(rt, "restart", bot).returncode == 0
+        wait_for(lambda: bot_pids(bot) and bot_pids(bot)[0] != pid, 30, what="restarted by ctl")
+        wait_for(lambda: "tick" in ctl(rt, "logs", bot, "--tail", "3").stdout, 30, what="ctl logs")
+        status = ctl(rt, "status", bot)
+        assert status.returncode == 0 and "running" in status.stdout
+        missing = ctl(rt, "status", "no-such-bot")
+        assert missing.returncode == 1 and "no-such-bot" in missing.stderr
+        down = subprocess.run([sys.executable, "-m", "actors.ctl", "--url", "nats://127.0.0.1:1", "list"],
+                              cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert down.returncode == 3 and "cannot reach NATS" in down.stderr
+    finally:
+        for pid in bot_pids(bot):
+            os.kill(pid, signal.SIGKILL)
+
+
+def test_shutdown_stops_bots_unless_asked_to_leave_them(world):
+    rt, _ = world
+    rt.start()
+    assert nats_request(rt.nats_url, "the0.bot.created", counter_doc(BOT, "counter/code.zip"))["ok"]
+    wait_for(lambda: len(bot_pids(BOT)) == 1, 30, what="running")
+    rt.stop()  # SIGTERM: graceful, bots stopped
+    assert rt.proc.returncode == 0
+    assert bot_pids(BOT) == []
+    rt.env["THE0_LEAVE_BOTS_RUNNING"] = "true"
+    rt.start()
+    wait_for(lambda: len(bot_pids(BOT)) == 1, 30, what="started again from the store")
+    pid = bot_pids(BOT)[0]
+    rt.stop()
+    assert bot_pids(BOT) == [pid]  # left running, as asked
+    rt.start()
+    wait_for(lambda: (rt.status(BOT) or {}).get("state") == "running", 30, what="adopted")
+    assert bot_pids(BOT) == [pid]
