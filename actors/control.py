@@ -20,6 +20,7 @@ import json
 import logging
 import ssl
 import threading
+import time
 from typing import Any, Callable
 
 import pykka
@@ -144,9 +145,14 @@ class Handlers:
             event(log, "control.deleted", bot_id=bot_id, kind=kind, existed=removed)
             return {"ok": True, "id": bot_id, "deleted": removed}
         try:
-            BotDefinition.from_document(doc, kind)
+            defn = BotDefinition.from_document(doc, kind)
         except InvalidDefinition as e:
             raise BadRequest(str(e)) from None
+        if kind == SCHEDULED and action == "created" and doc.get("next_execution_time") is None:
+            # A new schedule's first run is its next fire time, never a "missed" one from before it existed.
+            from actors.cron import parse_cron
+
+            doc = dict(doc, next_execution_time=int(parse_cron(defn.schedule or "", defn.timezone).next_after(time.time())))
         if action == "created":
             inserted = self.store.create_doc(coll, doc)
             reply = {"ok": True, "id": bot_id, "created": inserted}
