@@ -21,6 +21,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any, Callable
 
+from actors.backends.kubernetes import api_request
 from daemon.jsonlog import event
 
 log = logging.getLogger("the0.leader")
@@ -59,7 +60,8 @@ class LeaderElector:
         from kubernetes import client as k8s
 
         self._k8s = k8s
-        self.api = k8s.CoordinationV1Api(api_client)
+        self.api = api_client
+        self._path = f"/apis/coordination.k8s.io/v1/namespaces/{namespace}/leases"
         self.namespace = namespace
         self.name = name
         self.identity = identity
@@ -134,37 +136,41 @@ class LeaderElector:
 
     _lost = False
 
+    def _request(self, method: str, path: str, body: dict | None = None, timeout: float | None = None) -> dict:
+        return api_request(self.api, method, path, body, timeout=timeout or max(self.retry_period * 2, 2.0))
+
     def _try_acquire_or_renew(self) -> bool:
         self._lost = False
         now = self.clock.time()
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=self.retry_period * 2)
+            lease = self._request("GET", f"{self._path}/{self.name}")
         except self._k8s.ApiException as e:
             if e.status != 404:
                 raise
-            body = self._body(None, now, transitions=0, acquire=now)
             try:
-                self.api.create_namespaced_lease(self.namespace, body, _request_timeout=self.retry_period * 2)
+                self._request("POST", self._path, self._body(None, now, transitions=0, acquire=now))
             except self._k8s.ApiException as e2:
                 if e2.status == 409:
                     return False  # another replica created it first
                 raise
             return True
-        spec = lease.spec
-        holder = spec.holder_identity or ""
+        spec = lease.get("spec") or {}
+        holder = spec.get("holderIdentity") or ""
         if holder and holder != self.identity:
-            renew = _epoch(spec.renew_time or spec.acquire_time)
-            duration = spec.lease_duration_seconds or self.lease_duration
+            renew = _epoch(spec.get("renewTime") or spec.get("acquireTime"))
+            duration = spec.get("leaseDurationSeconds") or self.lease_duration
             if renew + duration >= now:
                 self._lost = self.state == LEADING
                 return False
-        transitions = spec.lease_transitions or 0
-        acquire = _epoch(spec.acquire_time) if holder == self.identity and spec.acquire_time else now
+        transitions = spec.get("leaseTransitions") or 0
+        acquire = now
+        if holder == self.identity and spec.get("acquireTime"):
+            acquire = _epoch(spec["acquireTime"])
         if holder != self.identity:
             transitions += 1
-        body = self._body(lease.metadata.resource_version, now, transitions, acquire)
+        body = self._body(lease["metadata"]["resourceVersion"], now, transitions, acquire)
         try:
-            self.api.replace_namespaced_lease(self.name, self.namespace, body, _request_timeout=self.retry_period * 2)
+            self._request("PUT", f"{self._path}/{self.name}", body)
         except self._k8s.ApiException as e:
             if e.status == 409:
                 self._lost = self.state == LEADING and holder != self.identity
@@ -191,19 +197,19 @@ class LeaderElector:
 
     def _release(self) -> None:
         try:
-            lease = self.api.read_namespaced_lease(self.name, self.namespace, _request_timeout=5)
-            if lease.spec.holder_identity != self.identity:
+            lease = self._request("GET", f"{self._path}/{self.name}", timeout=5)
+            spec = lease.get("spec") or {}
+            if spec.get("holderIdentity") != self.identity:
                 return
             body = {
                 "apiVersion": "coordination.k8s.io/v1",
                 "kind": "Lease",
                 "metadata": {"name": self.name, "namespace": self.namespace,
-                             "resourceVersion": lease.metadata.resource_version},
-                "spec": {"holderIdentity": None, "leaseDurationSeconds": 1,
-                         "renewTime": _micro(self.clock.time()),
-                         "leaseTransitions": lease.spec.lease_transitions or 0},
+                             "resourceVersion": lease["metadata"]["resourceVersion"]},
+                "spec": {"leaseDurationSeconds": 1, "renewTime": _micro(self.clock.time()),
+                         "leaseTransitions": spec.get("leaseTransitions") or 0},
             }
-            self.api.replace_namespaced_lease(self.name, self.namespace, body, _request_timeout=5)
+            self._request("PUT", f"{self._path}/{self.name}", body, timeout=5)
             event(log, "leader.released", lease=self.name, identity=self.identity)
         except Exception as e:  # noqa: BLE001 - best effort: the Lease expires anyway
             event(log, "leader.release_failed", logging.WARNING, lease=self.name, error=str(e))

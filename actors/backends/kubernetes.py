@@ -24,6 +24,7 @@ import os
 import queue
 import random
 import re
+import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -354,6 +355,7 @@ class KubernetesBackend(Backend):
             raise BackendError(f"bot {bot.id} has no schedule; only scheduled bots get a CronJob", retryable=False)
         info = self.server_info()
         schedule = _kube_cron(bot)
+        job_meta = self._meta(bot, "", KIND_SCHEDULED, bot.config_hash)  # Jobs it fires carry the bot id
         spec: dict = {
             "schedule": schedule,
             "concurrencyPolicy": {"forbid": "Forbid", "allow": "Allow", "replace": "Replace"}[bot.concurrency],
@@ -361,7 +363,7 @@ class KubernetesBackend(Backend):
             "successfulJobsHistoryLimit": 3,
             "failedJobsHistoryLimit": 3,
             "suspend": False,
-            "jobTemplate": {"metadata": {"labels": self._meta(bot, "", KIND_SCHEDULED, "")["labels"]},
+            "jobTemplate": {"metadata": {k: v for k, v in job_meta.items() if k in ("labels", "annotations")},
                             "spec": self._job_spec(bot, None)},
         }
         if bot.timezone and bot.timezone != "UTC":
@@ -698,7 +700,7 @@ class KubernetesBackend(Backend):
         self._events.put(("status", (bot_id, out)))
 
     def _emit_exit(self, handle: Handle, result: ExitResult) -> None:
-        event(log, "kube.exit", bot_id=handle.bot_id, name=handle.ref, code=result.code, reason=result.reason)
+        event(log, "kube.exit", bot_id=handle.bot_id, task=handle.ref, code=result.code, reason=result.reason)
         self._events.put(("exit", (handle, result)))
 
     # -- handles and API plumbing ---------------------------------------------------------------------
@@ -741,24 +743,39 @@ class KubernetesBackend(Backend):
 
     def _raw(self, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None,
              timeout: float | tuple = 30, stream: bool = False) -> Any:
-        """One API call with a JSON body; returns the decoded JSON (or the raw response when ``stream``)."""
-        headers = {"Accept": "application/json"}
-        if body is not None:
-            headers["Content-Type"] = "application/json"
-        try:
-            resp = self.api.call_api(
-                path, method, query_params=list((query or {}).items()), header_params=headers, body=body,
-                auth_settings=["BearerToken"], _preload_content=False, _return_http_data_only=True,
-                _request_timeout=timeout,
-            )
-        except self._k8s.ApiException:
-            raise
-        except Exception as e:  # noqa: BLE001 - urllib3/socket errors: the API server is unreachable
-            raise BackendError(f"Kubernetes API {method} {path} failed: {_err(e)}") from e
-        if stream:
-            return resp
-        data = resp.data
-        return json.loads(data) if data else {}
+        return api_request(self.api, method, path, body, query, timeout, stream)
+
+
+def api_request(api: Any, method: str, path: str, body: Any = None, query: Mapping[str, Any] | None = None,
+                timeout: float | tuple = 30, stream: bool = False) -> Any:
+    """One API call with a JSON body; returns the decoded JSON, or the raw urllib3 response when ``stream``.
+
+    Non-2xx answers raise the client's ``ApiException`` (``.status``); transport failures raise a
+    retryable ``BackendError``. Plain dicts in and out: the same code serves batch/v1 and batch/v1beta1
+    and keeps exact field formats (MicroTime) under our control.
+    """
+    from kubernetes.client import ApiException
+
+    headers = {"Accept": "application/json"}
+    if body is not None:
+        headers["Content-Type"] = "application/json"
+    try:
+        req = api.param_serialize(
+            method, path, query_params=[(k, v) for k, v in (query or {}).items()], header_params=headers,
+            body=body, auth_settings=["BearerToken"],
+        )
+        resp = api.call_api(*req, _request_timeout=timeout)
+    except ApiException:
+        raise
+    except Exception as e:  # noqa: BLE001 - urllib3/socket errors: the API server is unreachable
+        raise BackendError(f"Kubernetes API {method} {path} failed: {_err(e)}") from e
+    if not 200 <= resp.status <= 299:
+        resp.read()
+        raise ApiException.from_response(http_resp=resp, body=None, data=None)
+    if stream:
+        return resp.response
+    data = resp.read()
+    return json.loads(data) if data else {}
 
 
 # --- the list+watch loop ---------------------------------------------------------------------------------
@@ -784,10 +801,14 @@ class _Watcher(threading.Thread):
     def stop(self) -> None:
         self._stop_evt.set()
         resp = self._resp
-        if resp is not None:
+        conn = getattr(resp, "connection", None) or getattr(resp, "_connection", None)
+        sock = getattr(conn, "sock", None)
+        if sock is not None:
+            # Unblock the watcher's read: shutting the socket down is safe from another thread, where
+            # closing the response would wait for the reader's lock.
             try:
-                resp.close()
-            except Exception:  # noqa: BLE001 - closing a dying connection
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
                 pass
 
     def run(self) -> None:
@@ -853,8 +874,8 @@ class _Watcher(threading.Thread):
         finally:
             self._resp = None
             try:
-                resp.release_conn()
-            except Exception:  # noqa: BLE001
+                resp.close()  # a watch connection is not reused: the next watch opens its own
+            except Exception:  # noqa: BLE001 - closing a broken connection
                 pass
         return rv
 

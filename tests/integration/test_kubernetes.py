@@ -19,6 +19,7 @@ from actors.backends.kubernetes import (
     LABEL_KIND,
     LABEL_MANAGED,
     KubernetesBackend,
+    api_request,
     cronjob_name,
     pod_name,
 )
@@ -139,7 +140,7 @@ def test_pods_created_replaced_deleted(backend, core, kube_namespace):
     now = [p for p in managed_pods(core, ns) if p.metadata.name == "bot-alpha"]
     assert len(now) == 1 and now[0].metadata.uid != uid
     assert now[0].metadata.annotations[ANN_CONFIG_HASH] == a2.config_hash
-    assert now[0].spec.containers[0].resources.limits == {"memory": "8192Mi", "cpu": "2"}  # bounded by max
+    assert now[0].spec.containers[0].resources.limits == {"memory": "8Gi", "cpu": "2"}  # bounded by max
     uid2 = now[0].metadata.uid
     assert backend.start(RunSpec(a2)).ref == "bot-alpha"
     assert core.read_namespaced_pod("bot-alpha", ns).metadata.uid == uid2
@@ -304,8 +305,8 @@ def test_watch_relists_after_apiserver_restart(backend, kube_cluster, core, kube
     kube_cluster.start_apiserver()
     # Changes the watcher was not connected for: one Pod appears, one disappears.
     fresh = backend.pod_manifest(bot("fresh"))
-    wait_for(lambda: core.create_namespaced_pod(ns, fresh), 30, what="create after restart")
-    core.delete_namespaced_pod(gone.ref, ns, grace_period_seconds=0)
+    wait_for(lambda: _create_pod(core, ns, fresh), 30, what="create after restart")
+    wait_for(lambda: _delete_pod(core, ns, gone.ref), 30, what="delete after restart")
 
     wait_for(backend.watchers_synced, 60, what="watchers to relist")
     assert backend.relists() > lists
@@ -314,6 +315,24 @@ def test_watch_relists_after_apiserver_restart(backend, kube_cluster, core, kube
     wait_for(lambda: any(r.reason == "pod deleted" for r in rec.exits_of("gone")), 30, what="gone's exit")
     assert {h.bot_id for h in backend.list_managed()} == {"keep", "fresh"}
     assert backend.inspect(keep).running
+
+
+def _create_pod(core, ns, manifest):
+    try:
+        core.create_namespaced_pod(ns, manifest)
+    except k8s.ApiException as e:
+        if e.status != 409:
+            raise
+    return True
+
+
+def _delete_pod(core, ns, name):
+    try:
+        core.delete_namespaced_pod(name, ns, grace_period_seconds=0)
+    except k8s.ApiException as e:
+        if e.status != 404:
+            raise
+    return True
 
 
 def _elector(kube_cluster, ns, identity, events):
@@ -364,15 +383,17 @@ def test_leader_steps_down_when_lease_taken(kube_cluster, kube_namespace):
     a = _elector(kube_cluster, kube_namespace, "replica-a", events).start()
     try:
         wait_for(lambda: a.is_leader, 15, what="a to lead")
-        coord = k8s.CoordinationV1Api(kube_cluster.api_client())
-        lease = coord.read_namespaced_lease("the0-test-leader", kube_namespace)
-        lease.spec.holder_identity = "intruder"
-        lease.spec.lease_duration_seconds = 60
+        api = kube_cluster.api_client()
         import datetime as dt
 
-        lease.spec.renew_time = dt.datetime.now(dt.timezone.utc)
-        wait_for(lambda: coord.replace_namespaced_lease("the0-test-leader", kube_namespace, lease), 5,
-                 what="steal the lease")
+        def steal():
+            path = f"/apis/coordination.k8s.io/v1/namespaces/{kube_namespace}/leases/the0-test-leader"
+            lease = api_request(api, "GET", path)
+            now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+            lease["spec"].update(holderIdentity="intruder", leaseDurationSeconds=60, renewTime=now)
+            return api_request(api, "PUT", path, lease)
+
+        wait_for(steal, 5, what="steal the lease (409 while a renews: retried)")
         wait_for(lambda: not a.is_leader, 10, what="a to step down")
         assert events == [("replica-a", "start"), ("replica-a", "stop")]
     finally:

@@ -10,7 +10,7 @@
 #   kube.sh restart-apiserver DIR   stops and starts only kube-apiserver (etcd keeps the data)
 #
 # Cache: $THE0_KUBE_CACHE (default ~/.cache/the0-kube): src/ (Debian source), bin/ (binaries),
-# gocache/ (Go build cache, ~1.6 GB; removable once bin/ exists).
+# and the Go build cache under src/kubernetes-*/_output (~1.6 GB; removable once bin/ exists).
 set -euo pipefail
 
 CACHE="${THE0_KUBE_CACHE:-$HOME/.cache/the0-kube}"
@@ -74,7 +74,7 @@ cmd_build() {
     ln -sfn "$dir" gp/src/k8s.io/kubernetes
     cd gp/src/k8s.io/kubernetes
     log "building ${BINARIES[*]} (about 5 minutes cold)"
-    GOPATH="$CACHE/src/gp" GOPROXY=off CGO_ENABLED=0 GOCACHE="$CACHE/gocache" \
+    GOPATH="$CACHE/src/gp" GOPROXY=off CGO_ENABLED=0 \
         make WHAT="cmd/kube-apiserver cmd/kube-controller-manager cmd/kube-scheduler"
     for b in "${BINARIES[@]}"; do
         local f
@@ -154,7 +154,7 @@ clusters:
 - name: the0-test
   cluster:
     server: https://127.0.0.1:$API_PORT
-    insecure-skip-tls-verify: true
+    certificate-authority: $DIR/certs/apiserver.crt
 users:
 - name: admin
   user:
