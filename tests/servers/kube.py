@@ -31,7 +31,8 @@ class KubeCluster:
         return self.env["KUBECONFIG"]
 
     def _sh(self, *args: str, timeout: float = 180) -> str:
-        r = subprocess.run([str(KUBE_SH), *args], capture_output=True, text=True, timeout=timeout)
+        env = {**os.environ, "THE0_KUBE_OWNER_PID": str(os.getpid())}  # its watchdog stops it if we die
+        r = subprocess.run([str(KUBE_SH), *args], capture_output=True, text=True, timeout=timeout, env=env)
         if r.returncode != 0:
             raise RuntimeError(f"kube.sh {' '.join(args)} failed ({r.returncode}): {r.stderr[-3000:]}")
         return r.stdout

@@ -8,6 +8,8 @@
 #                            ports; writes DIR/kubeconfig, DIR/env (ports, pids); prints DIR/env
 #   kube.sh stop DIR         stops them by pid: scheduler, controller-manager, apiserver, etcd
 #   kube.sh restart-apiserver DIR   stops and starts only kube-apiserver (etcd keeps the data)
+#   kube.sh stop-apiserver DIR / start-apiserver DIR   the two halves of that
+# With THE0_KUBE_OWNER_PID set, `start` adds a watchdog that stops the cluster when that process dies.
 #
 # Cache: $THE0_KUBE_CACHE (default ~/.cache/the0-kube): src/ (Debian source), bin/ (binaries),
 # and the Go build cache under src/kubernetes-*/_output (~1.6 GB; removable once bin/ exists).
@@ -175,6 +177,12 @@ EOF
         >"$DIR/scheduler.log" 2>&1 &
     echo $! > "$DIR/scheduler.pid"
 
+    if [ -n "${THE0_KUBE_OWNER_PID:-}" ]; then
+        # Stop everything when the owner (the test run) dies without stopping us, e.g. killed on a timeout.
+        nohup "$0" watchdog "$DIR" "$THE0_KUBE_OWNER_PID" </dev/null >/dev/null 2>&1 &
+        echo $! > "$DIR/watchdog.pid"
+    fi
+
     cat > "$DIR/env" <<EOF
 KUBECONFIG=$DIR/kubeconfig
 API_PORT=$API_PORT
@@ -216,10 +224,22 @@ stop_pid() {  # stop_pid NAME PIDFILE GRACE
 
 cmd_stop() {
     load_env "$@"
+    if [ -f "$DIR/watchdog.pid" ] && [ "$(cat "$DIR/watchdog.pid")" != "$$" ]; then
+        kill "$(cat "$DIR/watchdog.pid")" 2>/dev/null || true
+    fi
+    rm -f "$DIR/watchdog.pid"
     stop_pid kube-scheduler "$DIR/scheduler.pid" 5
     stop_pid kube-controller-manager "$DIR/controller-manager.pid" 5
     stop_pid kube-apiserver "$DIR/apiserver.pid" 5
     stop_pid etcd "$DIR/etcd.pid" 5
+}
+
+cmd_watchdog() {
+    local owner=${2:?usage: kube.sh watchdog DIR OWNER_PID}
+    while kill -0 "$owner" 2>/dev/null && [ -f "$1/env" ]; do sleep 1; done
+    [ -f "$1/env" ] || exit 0
+    log "owner $owner is gone: stopping the cluster in $1"
+    cmd_stop "$1"
 }
 
 cmd_restart_apiserver() {
@@ -244,6 +264,7 @@ case "${1:-}" in
     build) cmd_build ;;
     start) shift; cmd_start "$@" ;;
     stop) shift; cmd_stop "$@" ;;
+    watchdog) shift; cmd_watchdog "$@" ;;
     restart-apiserver) shift; cmd_restart_apiserver "$@" ;;
     stop-apiserver) shift; cmd_stop_apiserver "$@" ;;
     start-apiserver) shift; cmd_start_apiserver "$@" ;;
