@@ -90,8 +90,8 @@ def test_store_edits_without_events_are_applied_within_one_period(tmp_path, nats
         client = pymongo.MongoClient(mongo_uri, serverSelectionTimeoutMS=3000)
         bots = client[names.bots_db]["bots"]
         bots.insert_one(the0_bot_doc(C1, "counter/code.zip"))  # no NATS message
-        wait_for(lambda: len(bot_pids(C1)) == 1, 20, what="bot started by the periodic reconcile")
-        assert rt.status(C1)["state"] == "running"
+        wait_for(lambda: len(bot_pids(C1)) == 1 and (rt.status(C1) or {}).get("state") == "running", 20,
+                 what="bot started by the periodic reconcile")
         bots.delete_one({"id": C1})
         wait_for(lambda: bot_pids(C1) == [], 20, what="bot stopped after its document was deleted")
         client.close()
