@@ -75,6 +75,7 @@ class Reconciler(Supervised):
         self._fingerprints: dict[tuple[str, str], tuple[str, BotDefinition | None]] = {}
         self._adoptable: dict[str, Handle] = {}
         self._adoptable_runs: dict[str, list[Handle]] = {}
+        self._runs_handed: set[str] = set()  # schedules whose first actor got its start-up runs
         self._orphan_candidates: list[Handle] = []
         self._adopted = False
         self.ready = False
@@ -127,8 +128,19 @@ class Reconciler(Supervised):
         return self._adoptable.pop(bot_id, None)
 
     def _take_adoptable_runs(self, schedule_id: str) -> list[Handle]:
-        """Runs of a schedule still going when this runtime started: its ScheduleActor adopts them."""
-        return self._adoptable_runs.pop(schedule_id, [])
+        """Runs of a schedule still going: its ScheduleActor adopts them. The first actor of a schedule
+        gets them from the start-up listing; a replacement (after a crash) lists the backend again."""
+        if schedule_id in self._adoptable_runs:
+            self._runs_handed.add(schedule_id)
+            return self._adoptable_runs.pop(schedule_id)
+        if schedule_id not in self._runs_handed:
+            self._runs_handed.add(schedule_id)
+            return []
+        try:
+            return [h for h in self.backend.list_managed() if h.kind != REALTIME and h.bot_id == schedule_id]
+        except BackendError as e:
+            event(log, "reconcile.list_runs_failed", logging.WARNING, schedule_id=schedule_id, error=str(e))
+            return []
 
     def _remove_orphans(self, desired: dict[str, set[str]]) -> None:
         for h in self._orphan_candidates:
