@@ -294,9 +294,9 @@ class KubernetesBackend(Backend):
             sync["restartPolicy"] = "Always"  # native sidecar: starts before the bot, stops after it
             init_containers.append(sync)
         else:
-            # No native sidecars: a plain container that exits after the final sync once the bot's
-            # done-file ($LOGS_PATH/.done, written by the entrypoint) appears.
-            sync["env"].append({"name": "THE0_SYNC_EXIT_ON_DONE", "value": "true"})
+            # No native sidecars: a plain container. ``daemon sync`` exits after its final sync once the
+            # bot's done-file ($LOGS_PATH/.done, written by the entrypoint script) appears, so a
+            # scheduled run's Pod completes.
             containers.append(sync)
         pod_sc: dict = {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS}
         if (info.major, info.minor) >= (1, 19):
@@ -432,7 +432,7 @@ class KubernetesBackend(Backend):
         raise BackendError(f"Pod {name} still exists {grace + 30:.0f}s after deletion; is its node gone?")
 
     def stop(self, handle: Handle, grace: float) -> ExitResult | None:
-        if handle.kind == KIND_SCHEDULED and handle.ref.startswith(JOB_PREFIX) and handle.run_id:
+        if handle.kind == KIND_SCHEDULED and handle.run_id:
             self._delete_job(handle.ref, grace)
             return None
         pod = self._read_pod(handle.ref)
@@ -487,8 +487,12 @@ class KubernetesBackend(Backend):
                 raise TaskNotFound(f"no Pod of Job {handle.ref} (bot {handle.bot_id})")
             name = items[-1]["metadata"]["name"]
         try:
-            text = self.core.read_namespaced_pod_log(name, self.namespace, container=BOT_CONTAINER,
-                                                     tail_lines=max(1, int(tail)))
+            resp = self._raw("GET", f"/api/v1/namespaces/{self.namespace}/pods/{name}/log",
+                             query={"container": BOT_CONTAINER, "tailLines": max(1, int(tail))}, stream=True)
+            try:
+                text = resp.data.decode("utf-8", "replace")
+            finally:
+                resp.release_conn()
         except self._k8s.ApiException as e:
             if e.status == 404:
                 raise TaskNotFound(f"Pod {name} of bot {handle.bot_id} does not exist") from e
@@ -678,6 +682,7 @@ class KubernetesBackend(Backend):
         self._events.put(("status", (bot_id, status)))
         if kind == "DELETED":
             self._jobs_reported.discard(name)
+            self._job_exit_codes.pop(name, None)
             return
         if phase in ("Succeeded", "Failed") and name not in self._jobs_reported:
             self._jobs_reported.add(name)

@@ -11,7 +11,7 @@ from dataclasses import replace
 import pytest
 from kubernetes import client as k8s
 
-from actors.backends.base import KIND_REALTIME, KIND_SCHEDULED, RunSpec, TaskNotFound
+from actors.backends.base import KIND_REALTIME, KIND_SCHEDULED, BackendError, RunSpec, TaskNotFound
 from actors.backends.kubernetes import (
     ANN_CONFIG_HASH,
     BOT_CONTAINER,
@@ -19,6 +19,7 @@ from actors.backends.kubernetes import (
     LABEL_KIND,
     LABEL_MANAGED,
     KubernetesBackend,
+    ServerInfo,
     api_request,
     cronjob_name,
     pod_name,
@@ -148,6 +149,9 @@ def test_pods_created_replaced_deleted(backend, core, kube_namespace):
     st = backend.inspect(h2)
     assert st.running and st.phase == "Pending" and st.restarts == 0
     assert sorted(h.bot_id for h in backend.list_managed()) == ["Beta_Bot", "alpha"]
+
+    # No kubelet here: the container never started, so the API server has no log lines for it.
+    assert backend.logs(h2, tail=10) == []
 
     backend.stop(h2, grace=0)
     with pytest.raises(TaskNotFound):
@@ -401,8 +405,6 @@ def test_leader_steps_down_when_lease_taken(kube_cluster, kube_namespace):
 
 
 def test_bad_schedule_and_unreachable_api_fail_clearly(kube_cluster, kube_namespace):
-    from actors.backends.base import BackendError
-
     cfg = Config(kubernetes=KubernetesConfig(namespace=kube_namespace, kubeconfig=kube_cluster.kubeconfig))
     b = KubernetesBackend(cfg)
     with pytest.raises(BackendError, match="minute resolution"):
@@ -462,3 +464,19 @@ def test_rbac_role_is_enough(kube_cluster, kube_namespace, core):
         assert ei.value.status == 403
     finally:
         b.close()
+
+
+def test_manifests_for_newer_servers(backend):
+    """Native sidecars (1.29+), CronJob timeZone (1.27+) and batch/v1 cannot run here (the server is 1.20):
+    the manifests for them are checked as data, with the server facts set to a newer version."""
+    backend._info = ServerInfo(1, 30, "batch/v1")
+    pod = backend.pod_manifest(bot("newer"))
+    inits = pod["spec"]["initContainers"]
+    assert [c["name"] for c in inits] == ["daemon-init", "daemon-sync"]
+    assert "restartPolicy" not in inits[0] and inits[1]["restartPolicy"] == "Always"
+    assert [c["name"] for c in pod["spec"]["containers"]] == ["bot"]
+    cj = backend.cronjob_manifest(scheduled("newer", "0 0 3 * * *", timezone="America/New_York"))
+    assert cj["apiVersion"] == "batch/v1"
+    assert cj["spec"]["timeZone"] == "America/New_York" and cj["spec"]["schedule"] == "0 3 * * *"
+    tmpl = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
+    assert tmpl["restartPolicy"] == "Never" and tmpl["initContainers"][1]["restartPolicy"] == "Always"
