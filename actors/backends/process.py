@@ -65,6 +65,7 @@ from daemon.storage import ObjectStore
 log = logging.getLogger("the0.backend.process")
 
 RECORD_FILE = "task.json"
+EMBEDDED_LOG_POLL = 10.0
 EXIT_FILE = "exit.json"
 RECORD_VERSION = 1
 DEFAULT_PATH = "/usr/local/bin:/usr/bin:/bin"
@@ -573,6 +574,9 @@ class ProcessBackend(Backend):
             self.store,
             publish=self.publish,
             clock=self.clock,
+            # inotify (one shared watcher) wakes LogShip on every write; with hundreds of bots in one
+            # process the safety-net poll is what costs idle CPU, so it runs every 10 s here, not 1 s.
+            log_options={"poll_interval": EMBEDDED_LOG_POLL},
         )
 
     def _stop_sync(self, task: _Task, final: bool) -> None:
