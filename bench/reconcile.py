@@ -15,8 +15,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import pykka  # noqa: E402
-
 from actors.bot import BotActor  # noqa: E402
 from actors.config import RestartDefaults  # noqa: E402
 from actors.directory import Directory  # noqa: E402
@@ -60,7 +58,9 @@ def main() -> None:
     print(f"| reconcile {N} docs vs {N} live children, no changes: CPU | {cpu:.3f} s | < 1 s | {'ok' if cpu < 1 else 'MISS'} |")
     print(f"| reconcile {N} docs, no changes: wall | {wall:.3f} s | - | - |")
     print(f"| first pass spawning {N} BotActors (fake backend): wall | {t_first:.1f} s | - | - |")
-    pykka.ActorRegistry.stop_all(timeout=60)
+    rec.stop()
+    for sup in (bots, scheds):  # supervisors first, so their children are not restarted on the way down
+        sup.stop(timeout=600)
     store.close()
 
 
