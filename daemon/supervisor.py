@@ -270,6 +270,7 @@ class Supervisor(Supervised):
         self.on_give_up = on_give_up
         self._clock = clock
         self._children: list[_Child] = [_Child(s) for s in children]
+        self._by_id: dict[str, _Child] = {c.spec.id: c for c in self._children}  # O(1) lookups by id
         self._restarts: list[float] = []  # monotonic times of recent restarts, newest last
         self._generations = itertools.count(1)
         self._closing = False  # set when giving up or stopping: no more starts
@@ -340,6 +341,7 @@ class Supervisor(Supervised):
         c = _Child(spec)
         self._start(c)
         self._children.append(c)
+        self._by_id[c.spec.id] = c
         return c.ref  # type: ignore[return-value]
 
     def terminate_child(self, child_id: str) -> bool:
@@ -347,7 +349,7 @@ class Supervisor(Supervised):
         c = self._find(child_id)
         if c is None:
             return False
-        self._children.remove(c)
+        self._forget(c)
         self._stop_child(c)
         event(log, "supervisor.child_terminated", supervisor=self.name, child_id=child_id)
         return True
@@ -372,10 +374,11 @@ class Supervisor(Supervised):
         return self._clock.monotonic() if self._clock is not None else time.monotonic()
 
     def _find(self, child_id: str) -> _Child | None:
-        for c in self._children:
-            if c.spec.id == child_id:
-                return c
-        return None
+        return self._by_id.get(child_id)
+
+    def _forget(self, c: _Child) -> None:
+        self._children.remove(c)
+        self._by_id.pop(c.spec.id, None)
 
     def _start(self, c: _Child) -> None:
         """Start one child with a fresh generation and wait until its ``on_start`` is over (or it died:
@@ -444,7 +447,7 @@ class Supervisor(Supervised):
               supervisor=self.name, child_id=c.spec.id, reason=msg.reason,
               error=repr(msg.error) if msg.error is not None else None, restart=restart)
         if c.spec.restart == "temporary":
-            self._children.remove(c)
+            self._forget(c)
         if not restart or self._closing:
             return
         if not self._add_restart():
@@ -462,7 +465,7 @@ class Supervisor(Supervised):
         self._stop_children([o for o in others if o.running])
         for o in others:
             if o.spec.restart == "temporary":
-                self._children.remove(o)
+                self._forget(o)
         return [o for o in affected if o.spec.restart != "temporary" or o is c]
 
     def _restart_group(self, group: list[_Child]) -> None:
