@@ -48,3 +48,20 @@ def pct(values: list[float], p: float) -> float:
 
 def row(name: str, value: str, target: str, ok: bool | None) -> None:
     print(f"| {name} | {value} | {target} | {'-' if ok is None else ('ok' if ok else 'MISS')} |", flush=True)
+
+
+def start_sleeper_world(reconcile_interval: str) -> tuple[NatsServer, RuntimeProcess]:
+    """A nats-server and the service (child process) with the sleeper bot's code in its local store."""
+    import tempfile
+
+    from daemon import layout
+    from daemon.storage_local import LocalObjectStore
+
+    tmp = Path(tempfile.mkdtemp())
+    (tmp / "nats").mkdir()
+    nats = NatsServer(tmp / "nats").start()
+    data = tmp / "the0"
+    LocalObjectStore(str(data / "objects")).put_bytes(layout.CODE_BUCKET, "sleeper/code.zip", sleeper_zip())
+    rt = RuntimeProcess(data, nats.url, {"THE0_RECONCILE_INTERVAL": reconcile_interval,
+                                         "THE0_LOG_LEVEL": "WARNING"}).start()
+    return nats, rt

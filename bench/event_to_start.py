@@ -7,25 +7,18 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import time
 from pathlib import Path
 
-from _runtime import NatsServer, RuntimeProcess, bot_pids, nats_request, pct, row, sleeper_doc, sleeper_zip
+from _runtime import bot_pids, nats_request, pct, row, sleeper_doc, start_sleeper_world
 
-from daemon import layout
-from daemon.storage_local import LocalObjectStore
 
 N = int(os.environ.get("BENCH_EVENTS", "60"))
 
 
 def main() -> None:
-    tmp = Path(tempfile.mkdtemp())
-    (tmp / "nats").mkdir()
-    nats = NatsServer(tmp / "nats").start()
-    data = tmp / "the0"
-    LocalObjectStore(str(data / "objects")).put_bytes(layout.CODE_BUCKET, "sleeper/code.zip", sleeper_zip())
-    rt = RuntimeProcess(data, nats.url, {"THE0_RECONCILE_INTERVAL": "3600", "THE0_LOG_LEVEL": "WARNING"}).start()
+    nats, rt = start_sleeper_world("3600")
+    data = rt.data_dir
     lat = []
     try:
         for i in range(N):

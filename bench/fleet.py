@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import os
 import signal
-import tempfile
 import time
 from pathlib import Path
 
-from _runtime import (NatsServer, RuntimeProcess, nats_request, pct, proc_cpu_seconds, proc_rss_mb, row,
-                      sleeper_doc, sleeper_zip)
+from _runtime import (nats_request, pct, proc_cpu_seconds, proc_rss_mb, row,
+                      sleeper_doc, start_sleeper_world)
 
-from daemon import layout
-from daemon.storage_local import LocalObjectStore
 
 N = int(os.environ.get("BENCH_BOTS", "1000"))
 IDLE_WINDOW = float(os.environ.get("BENCH_IDLE_SECONDS", "20"))
@@ -36,12 +33,8 @@ def fleet_pids(prefix: str) -> list[int]:
 
 
 def main() -> None:
-    tmp = Path(tempfile.mkdtemp())
-    (tmp / "nats").mkdir()
-    nats = NatsServer(tmp / "nats").start()
-    data = tmp / "the0"
-    LocalObjectStore(str(data / "objects")).put_bytes(layout.CODE_BUCKET, "sleeper/code.zip", sleeper_zip())
-    rt = RuntimeProcess(data, nats.url, {"THE0_RECONCILE_INTERVAL": "30", "THE0_LOG_LEVEL": "WARNING"}).start()
+    nats, rt = start_sleeper_world("30")
+    data = rt.data_dir
     try:
         t0 = time.perf_counter()
         for i in range(N):
