@@ -856,7 +856,13 @@ class _Watcher(threading.Thread):
         timeout = random.randint(240, 360)
         query = {"labelSelector": self.selector, "watch": "true", "resourceVersion": rv,
                  "allowWatchBookmarks": "true", "timeoutSeconds": timeout}
-        resp = self.b._raw("GET", self.path, query=query, timeout=(5, timeout + 15), stream=True)
+        try:
+            resp = self.b._raw("GET", self.path, query=query, timeout=(5, timeout + 15), stream=True)
+        except self.b._k8s.ApiException as e:
+            if e.status == 410:
+                event(log, "kube.watch_expired", resource=self.what, resource_version=rv)
+                return None
+            raise
         self._resp = resp
         try:
             for line in _lines(resp):

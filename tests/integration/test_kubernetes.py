@@ -480,3 +480,24 @@ def test_manifests_for_newer_servers(backend):
     assert cj["spec"]["timeZone"] == "America/New_York" and cj["spec"]["schedule"] == "0 3 * * *"
     tmpl = cj["spec"]["jobTemplate"]["spec"]["template"]["spec"]
     assert tmpl["restartPolicy"] == "Never" and tmpl["initContainers"][1]["restartPolicy"] == "Always"
+
+
+def test_leader_race_exactly_one(kube_cluster, kube_namespace):
+    events: list = []
+    electors = [_elector(kube_cluster, kube_namespace, f"racer-{i}", events) for i in range(3)]
+    for e in electors:
+        e.start()  # all race to create the same Lease
+    try:
+        wait_for(lambda: any(e.is_leader for e in electors), 15, what="someone to lead")
+        api = kube_cluster.api_client()
+        path = f"/apis/coordination.k8s.io/v1/namespaces/{kube_namespace}/leases/the0-test-leader"
+        first = api_request(api, "GET", path)["spec"]["renewTime"]
+        # Over several renew rounds, exactly one leads and it is the Lease's holder.
+        wait_for(lambda: api_request(api, "GET", path)["spec"]["renewTime"] != first, 10, what="a renewal")
+        leaders = [e for e in electors if e.is_leader]
+        assert len(leaders) == 1
+        assert api_request(api, "GET", path)["spec"]["holderIdentity"] == leaders[0].identity
+        assert [x for x in events if x[1] == "start"] == [(leaders[0].identity, "start")]
+    finally:
+        for e in electors:
+            e.stop()
