@@ -400,6 +400,9 @@ class KubernetesBackend(Backend):
             existing = self._read_pod(name)
             if existing is None:
                 continue  # deleted between our create and read: try again
+            if existing["metadata"].get("deletionTimestamp"):
+                self._wait_gone(existing, self.config.restart.stop_grace)  # terminating: make a new one
+                continue
             if _ann(existing, ANN_CONFIG_HASH) == bot.config_hash:
                 return self._pod_handle(existing)
             event(log, "kube.pod_replace", bot_id=bot.id, pod=name,
@@ -423,6 +426,11 @@ class KubernetesBackend(Backend):
                 return
             if e.status != 404:
                 raise _api_error(f"delete Pod {name}", e) from e
+        self._wait_gone(pod, grace)
+
+    def _wait_gone(self, pod: dict, grace: float) -> None:
+        name = pod["metadata"]["name"]
+        uid = pod["metadata"].get("uid")
         deadline = time.monotonic() + grace + 30
         while time.monotonic() < deadline:
             cur = self._read_pod(name)
