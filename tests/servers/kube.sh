@@ -9,6 +9,7 @@
 #   kube.sh stop DIR         stops them by pid: scheduler, controller-manager, apiserver, etcd
 #   kube.sh restart-apiserver DIR   stops and starts only kube-apiserver (etcd keeps the data)
 #   kube.sh stop-apiserver DIR / start-apiserver DIR   the two halves of that
+#   kube.sh clean-src        frees the ~2.3 GB source + Go build cache once bin/ is there
 # With THE0_KUBE_OWNER_PID set, `start` adds a watchdog that stops the cluster when that process dies.
 #
 # Cache: $THE0_KUBE_CACHE (default ~/.cache/the0-kube): src/ (Debian source), bin/ (binaries),
@@ -265,8 +266,9 @@ case "${1:-}" in
     start) shift; cmd_start "$@" ;;
     stop) shift; cmd_stop "$@" ;;
     watchdog) shift; cmd_watchdog "$@" ;;
+    clean-src) rm -rf "$CACHE/src"; log "removed $CACHE/src (binaries kept in $BIN)" ;;
     restart-apiserver) shift; cmd_restart_apiserver "$@" ;;
     stop-apiserver) shift; cmd_stop_apiserver "$@" ;;
     start-apiserver) shift; cmd_start_apiserver "$@" ;;
-    *) echo "usage: kube.sh build | start DIR | stop DIR | restart-apiserver DIR | stop-apiserver DIR | start-apiserver DIR" >&2; exit 2 ;;
+    *) echo "usage: kube.sh build | start DIR | stop DIR | restart-apiserver DIR | stop-apiserver DIR | start-apiserver DIR | clean-src" >&2; exit 2 ;;
 esac
