@@ -38,7 +38,7 @@ $(THE0_MONGO_VENV)/.installed:
 system-packages:
 	bash tests/servers/system-packages.sh
 
-deps: venv $(THE0_MOTO_VENV)/.installed $(THE0_MONGO_VENV)/.installed system-packages
+deps: venv $(THE0_MOTO_VENV)/.installed $(THE0_MONGO_VENV)/.installed system-packages kube-build
 
 test: deps
 	$(BIN)/python -m pytest -q -p no:cacheprovider $(PYTEST_ARGS)
