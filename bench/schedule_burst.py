@@ -30,6 +30,7 @@ from actors.messages import SCHEDULED, BotDefinition, GetStatus, Reconfigure  # 
 from actors.schedule import ScheduleActor  # noqa: E402
 from actors.stores.base import SCHEDULES, Store  # noqa: E402
 from daemon.clock import RealClock  # noqa: E402
+from tests.fakes import MemoryStore  # noqa: E402
 
 LEAD = 3.0  # seconds between re-arming the actors and the burst
 
@@ -68,60 +69,6 @@ class NoopBackend(Backend):
         return []
 
     def watch(self, on_exit) -> None:
-        pass
-
-
-class MemoryStore(Store):
-    """Runs and next-execution times in dicts under one lock (the bench's in-memory store)."""
-
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.runs: dict[str, dict[str, Any]] = {}
-
-    def claim_run(self, run: dict[str, Any]) -> bool:
-        with self.lock:
-            if run["run_id"] in self.runs:
-                return False
-            self.runs[run["run_id"]] = dict(run)
-            return True
-
-    def finish_run(self, run_id: str, fields: dict[str, Any]) -> None:
-        with self.lock:
-            self.runs.get(run_id, {}).update(fields)
-
-    def list_runs(self, schedule_id: str, limit: int = 20) -> list[dict[str, Any]]:
-        with self.lock:
-            runs = [dict(r) for r in self.runs.values() if r["schedule_id"] == schedule_id]
-        return sorted(runs, key=lambda r: r["scheduled_at"], reverse=True)[:limit]
-
-    def set_next_execution(self, schedule_id: str, when: float | None) -> None:
-        pass
-
-    def list_docs(self, collection):
-        return []
-
-    def get_doc(self, collection, doc_id):
-        return None
-
-    def create_doc(self, collection, doc):
-        return True
-
-    def upsert_doc(self, collection, doc):
-        pass
-
-    def delete_doc(self, collection, doc_id):
-        return False
-
-    def put_status(self, bot_id, status):
-        pass
-
-    def get_status(self, bot_id):
-        return None
-
-    def delete_status(self, bot_id):
-        pass
-
-    def ping(self):
         pass
 
 

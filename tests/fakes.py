@@ -1,5 +1,7 @@
 """Test doubles shared by unit tests.
 
+``MemoryStore`` keeps scheduled-run records in a dict (thread-safe) for actor unit tests and benches that
+must not measure a database; the real stores pass one contract suite in tests/integration.
 ``FakeBackend`` is an in-memory stand-in for the Backend interface that records every call, so unit
 tests can count exactly how many times a task was started or stopped. The real backends run against real
 processes, dockerd and a kube-apiserver in tests/integration.
@@ -7,9 +9,11 @@ processes, dockerd and a kube-apiserver in tests/integration.
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 from actors.backends.base import Backend, BackendError, Capabilities, ExitResult, Handle, TaskState
 from actors.messages import BotDefinition
+from actors.stores.base import Store
 
 
 def bot_doc(bot_id="b1", **config):
@@ -79,3 +83,61 @@ class FakeBackend(Backend):
         """The task ends by itself (the test then tells the actor, as the event watcher would)."""
         with self.lock:
             return self.running.pop(bot_id)
+
+
+class MemoryStore(Store):
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.runs: dict[str, dict[str, Any]] = {}
+        self.next_execution: dict[str, float | None] = {}
+        self.claim_error: Exception | None = None
+
+    def claim_run(self, run: dict[str, Any]) -> bool:
+        with self.lock:
+            if self.claim_error is not None:
+                raise self.claim_error
+            if run["run_id"] in self.runs:
+                return False
+            self.runs[run["run_id"]] = dict(run)
+            return True
+
+    def finish_run(self, run_id: str, fields: dict[str, Any]) -> None:
+        with self.lock:
+            if run_id in self.runs:
+                self.runs[run_id].update(fields)
+
+    def list_runs(self, schedule_id: str, limit: int = 20) -> list[dict[str, Any]]:
+        with self.lock:
+            runs = [dict(r) for r in self.runs.values() if r["schedule_id"] == schedule_id]
+        return sorted(runs, key=lambda r: r["scheduled_at"], reverse=True)[:limit]
+
+    def set_next_execution(self, schedule_id: str, when: float | None) -> None:
+        with self.lock:
+            self.next_execution[schedule_id] = when
+
+    def list_docs(self, collection):
+        return []
+
+    def get_doc(self, collection, doc_id):
+        return None
+
+    def create_doc(self, collection, doc):
+        return True
+
+    def upsert_doc(self, collection, doc):
+        pass
+
+    def delete_doc(self, collection, doc_id):
+        return False
+
+    def put_status(self, bot_id, status):
+        pass
+
+    def get_status(self, bot_id):
+        return None
+
+    def delete_status(self, bot_id):
+        pass
+
+    def ping(self):
+        pass

@@ -1,6 +1,6 @@
 """ScheduleActor: fire times, DST, concurrency, catch-up, claims, timeouts, RunNow, Reconfigure, exits.
 
-``FakeBackend`` and ``FakeStore`` below stand in for the ``Backend`` and ``Store`` interfaces only, so
+``FakeBackend`` below and ``tests.fakes.MemoryStore`` stand in for the ``Backend`` and ``Store`` interfaces only, so
 these tests pin the actor's behaviour with a ManualClock and no I/O; the real stores (sqlite, MongoDB)
 and backends (process, Docker, Kubernetes) are tested against real servers in their own suites.
 """
@@ -26,9 +26,10 @@ from actors.backends.base import (
 from actors.directory import Directory
 from actors.messages import SCHEDULED, BotDefinition, Exited, GetStatus, Reconfigure, RunNow, Timer
 from actors.schedule import SKIPPED_REASON, ScheduleActor
-from actors.stores.base import Store, StoreUnavailable
+from actors.stores.base import StoreUnavailable
 from daemon.clock import ManualClock
 from daemon.layout import run_id_for
+from tests.fakes import MemoryStore
 
 SID = "sched-1"
 FAR_FUTURE = 9_999_999_999  # next_execution_time later than any fire: "nothing was missed"
@@ -104,64 +105,6 @@ class FakeBackend(Backend):
         return [s.run_id for s in self.started]
 
 
-class FakeStore(Store):
-    def __init__(self) -> None:
-        self.lock = threading.Lock()
-        self.runs: dict[str, dict[str, Any]] = {}
-        self.next_execution: dict[str, float | None] = {}
-        self.claim_error: Exception | None = None
-
-    def claim_run(self, run: dict[str, Any]) -> bool:
-        with self.lock:
-            if self.claim_error is not None:
-                raise self.claim_error
-            if run["run_id"] in self.runs:
-                return False
-            self.runs[run["run_id"]] = dict(run)
-            return True
-
-    def finish_run(self, run_id: str, fields: dict[str, Any]) -> None:
-        with self.lock:
-            if run_id in self.runs:
-                self.runs[run_id].update(fields)
-
-    def list_runs(self, schedule_id: str, limit: int = 20) -> list[dict[str, Any]]:
-        with self.lock:
-            runs = [dict(r) for r in self.runs.values() if r["schedule_id"] == schedule_id]
-        return sorted(runs, key=lambda r: r["scheduled_at"], reverse=True)[:limit]
-
-    def set_next_execution(self, schedule_id: str, when: float | None) -> None:
-        with self.lock:
-            self.next_execution[schedule_id] = when
-
-    def list_docs(self, collection):
-        return []
-
-    def get_doc(self, collection, doc_id):
-        return None
-
-    def create_doc(self, collection, doc):
-        return True
-
-    def upsert_doc(self, collection, doc):
-        pass
-
-    def delete_doc(self, collection, doc_id):
-        return False
-
-    def put_status(self, bot_id, status):
-        pass
-
-    def get_status(self, bot_id):
-        return None
-
-    def delete_status(self, bot_id):
-        pass
-
-    def ping(self):
-        pass
-
-
 # --- helpers --------------------------------------------------------------------------------------
 
 
@@ -180,10 +123,10 @@ def definition(schedule: str, tz: str = "UTC", next_execution_time: float | None
 
 class Harness:
     def __init__(self, defn: BotDefinition, start: float, backend: FakeBackend | None = None,
-                 store: FakeStore | None = None, **kwargs: Any) -> None:
+                 store: MemoryStore | None = None, **kwargs: Any) -> None:
         self.clock = ManualClock(start)
         self.backend = backend or FakeBackend()
-        self.store = store or FakeStore()
+        self.store = store or MemoryStore()
         self.statuses: list[dict] = []
         self.ref = ScheduleActor.start(None, defn, self.backend, self.store, self.clock, "runtime-a",
                                        lambda sid, st: self.statuses.append(st), **kwargs)
@@ -361,7 +304,7 @@ def test_catch_up_honours_a_custom_starting_deadline():
 
 def test_no_catch_up_for_a_fire_that_already_has_a_run_record():
     missed = utc(2026, 1, 1, 12)
-    store = FakeStore()
+    store = MemoryStore()
     store.runs[run_id_for(SID, missed)] = {"run_id": run_id_for(SID, missed), "schedule_id": SID,
                                            "scheduled_at": missed}
     h = Harness(definition("0 * * * *", next_execution_time=missed), missed + 100, store=store)
@@ -379,7 +322,7 @@ def test_no_catch_up_for_a_fire_before_the_schedule_existed():
 
 def test_claimed_elsewhere_is_not_run():
     fire = utc(2026, 1, 1, 1)
-    store = FakeStore()
+    store = MemoryStore()
     store.runs[run_id_for(SID, fire)] = {"run_id": run_id_for(SID, fire), "schedule_id": SID,
                                          "scheduled_at": fire, "owner": "runtime-b"}
     h = Harness(definition("0 * * * *"), utc(2026, 1, 1, 0, 30), store=store)
@@ -405,7 +348,7 @@ def test_backend_error_is_recorded_and_the_actor_lives_on():
 
 
 def test_store_outage_at_claim_time_is_retried_within_the_deadline():
-    store = FakeStore()
+    store = MemoryStore()
     h = Harness(definition("0 * * * *"), utc(2026, 1, 1, 0, 30), store=store)
     store.claim_error = StoreUnavailable("mongo down")
     h.run_until(utc(2026, 1, 1, 1, 0, 1))
@@ -515,7 +458,7 @@ def test_running_runs_are_adopted_on_start():
     gone_id = run_id_for(SID, utc(2026, 1, 1, 0))
     gone = Handle(SID, "scheduled", "ref-gone", "", gone_id, started_at=utc(2026, 1, 1, 0))
     backend.managed = [(live, TaskState(running=True)), (gone, TaskState(False, ExitResult(code=1)))]
-    store = FakeStore()
+    store = MemoryStore()
     for r in (rid, gone_id):
         store.runs[r] = {"run_id": r, "schedule_id": SID, "scheduled_at": 0}
     h = Harness(definition("0 * * * *", timeout=600), utc(2026, 1, 1, 1, 5), backend=backend, store=store)
@@ -567,7 +510,7 @@ def test_an_invalid_definition_fails_at_construction():
     defn = definition("0 * * * *")
     bad = BotDefinition(**{**{f: getattr(defn, f) for f in defn.__dataclass_fields__}, "schedule": "nope"})
     with pytest.raises(ValueError):
-        ScheduleActor(None, bad, FakeBackend(), FakeStore(), ManualClock(), "x")
+        ScheduleActor(None, bad, FakeBackend(), MemoryStore(), ManualClock(), "x")
     assert pykka.ActorRegistry.get_all() == []
 
 
@@ -604,7 +547,7 @@ def test_two_replicas_sharing_a_real_sqlite_store_run_a_fire_once(tmp_path):
 
 
 def test_replace_keeps_the_active_run_when_another_runtime_claimed_the_fire():
-    store = FakeStore()
+    store = MemoryStore()
     second = run_id_for(SID, utc(2026, 1, 1, 0, 2))
     store.runs[second] = {"run_id": second, "schedule_id": SID, "scheduled_at": utc(2026, 1, 1, 0, 2)}
     h = Harness(definition("* * * * *", concurrency="replace"), utc(2026, 1, 1, 0, 0, 30), store=store)
@@ -617,7 +560,7 @@ def test_exit_of_a_run_from_a_crashed_incarnation_is_recorded_and_its_task_remov
     rid = run_id_for(SID, utc(2026, 1, 1, 1))
     left = Handle(SID, "scheduled", "ref-left", "", rid, started_at=utc(2026, 1, 1, 1))
     backend = FakeBackend()
-    store = FakeStore()
+    store = MemoryStore()
     store.runs[rid] = {"run_id": rid, "schedule_id": SID, "scheduled_at": utc(2026, 1, 1, 1)}
     # The runtime's adopt callable hands runs over once; a restarted actor gets nothing.
     h = Harness(definition("0 * * * *"), utc(2026, 1, 1, 1, 5), backend=backend, store=store, adopt=lambda sid: [])
