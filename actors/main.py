@@ -21,13 +21,12 @@ import os
 import signal
 import sys
 import threading
-from pathlib import Path
 from typing import Any, Callable
 
 import pykka
 
 from actors import config as config_mod
-from actors.backends.base import Backend, Handle
+from actors.backends.base import Backend
 from actors.bot import BotActor
 from actors.config import Config, ConfigError
 from actors.control import Control, Handlers, NatsHub, nats_connect_options

@@ -7,7 +7,6 @@ holding the port for its successor.
 from __future__ import annotations
 
 import ctypes
-import os
 import shutil
 import signal
 import socket

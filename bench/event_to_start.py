@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import time
-from pathlib import Path
 
 from _runtime import bot_pids, nats_request, pct, row, sleeper_doc, start_sleeper_world
 

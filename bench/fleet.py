@@ -34,7 +34,6 @@ def fleet_pids(prefix: str) -> list[int]:
 
 def main() -> None:
     nats, rt = start_sleeper_world("30")
-    data = rt.data_dir
     try:
         t0 = time.perf_counter()
         for i in range(N):

@@ -23,7 +23,6 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from daemon import layout  # noqa: E402
 from daemon.state_sync import StateSync  # noqa: E402
 from daemon.storage_local import LocalObjectStore  # noqa: E402
 from daemon.watcher import DirWatcher  # noqa: E402

@@ -11,7 +11,7 @@ from __future__ import annotations
 import threading
 from typing import Any
 
-from actors.backends.base import Backend, BackendError, Capabilities, ExitResult, Handle, TaskState
+from actors.backends.base import Backend, BackendError, Capabilities, ExitResult, Handle, RunSpec, TaskState
 from actors.messages import BotDefinition
 from actors.stores.base import Store
 

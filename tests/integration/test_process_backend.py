@@ -467,7 +467,7 @@ def test_stale_record_and_pid_reuse_guard(make_backend, prefix, tmp_path):
         assert b.list_managed() == []
         res = exits.wait_one(fake.ref)
         assert res.code is None and res.reason == REASON_PID_REUSED
-        assert exits.wait_one(f"4000000:1").code is None
+        assert exits.wait_one("4000000:1").code is None
         wait_for(lambda: not (d / "task.json").exists() and not (g / "task.json").exists(), what="records removed")
         assert b.list_managed() == []
         assert len(exits.for_ref(fake.ref)) == 1

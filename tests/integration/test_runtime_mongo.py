@@ -10,7 +10,6 @@
 from __future__ import annotations
 
 import datetime as dt
-import json
 import zipfile
 from io import BytesIO
 from pathlib import Path

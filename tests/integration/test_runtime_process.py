@@ -20,7 +20,7 @@ import pytest
 from actors.ctl import zip_dir
 from daemon import layout
 from daemon.storage_local import LocalObjectStore
-from tests.servers._util import free_port, stop_process, wait_for
+from tests.servers._util import free_port, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 # Unique per test session: other suites (docker containers share /proc) may run bots called "counter".

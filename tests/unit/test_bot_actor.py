@@ -7,19 +7,16 @@ backends are tested in tests/integration); it counts exactly how many times a ta
 from __future__ import annotations
 
 import random
-import threading
 
-import pykka
-import pytest
 
 from actors.backends.base import Handle
 from actors.bot import BotActor, backoff_delay
 from actors.config import RestartDefaults
 from actors.directory import Directory
-from actors.messages import BotDefinition, Exited, GetStatus, Reconfigure, RestartNow
+from actors.messages import Exited, GetStatus, Reconfigure, RestartNow
 from actors.status import StatusBoard
 from daemon.clock import ManualClock
-from tests.fakes import FakeBackend, bot_doc, defn
+from tests.fakes import FakeBackend, defn
 
 
 DEFAULTS = RestartDefaults()

@@ -7,7 +7,6 @@ Time is a ManualClock: the periodic pass runs when the test advances it.
 """
 from __future__ import annotations
 
-import pytest
 
 from actors.backends.base import Handle
 from actors.bot import BotActor
