@@ -501,3 +501,44 @@ def test_leader_race_exactly_one(kube_cluster, kube_namespace):
     finally:
         for e in electors:
             e.stop()
+
+
+def test_watch_from_an_expired_resource_version_gets_410_and_relists(backend, kube_cluster, core, kube_namespace):
+    """A resourceVersion older than the API server's watch cache (rebuilt from the current revision when
+    the server restarts) is answered with 410 Gone; the watcher then lists again instead of failing."""
+    from actors.backends.kubernetes import MANAGED_SELECTOR, _Watcher
+
+    ns = kube_namespace
+    path = f"/api/v1/namespaces/{ns}/pods"
+    probe = _Watcher(backend, "pods", path, MANAGED_SELECTOR, lambda *a: None)
+    stale_rv = probe._list()
+    for i in range(5):  # move the revision on past stale_rv
+        _create_pod(core, ns, backend.pod_manifest(bot(f"filler-{i}")))
+        _delete_pod(core, ns, pod_name(f"filler-{i}"))
+    kube_cluster.stop_apiserver()
+    kube_cluster.start_apiserver()
+    wait_for(lambda: core.list_namespaced_pod(ns) is not None, 60, what="API server back")
+
+    got: list = []
+    t = threading.Thread(target=lambda: got.append(probe._watch(stale_rv)), daemon=True)
+    t.start()
+    wait_for(lambda: got, 30, what="the API server's answer to a stale resourceVersion")
+    assert got == [None]  # None: 410 Gone seen, relist
+
+    class StaleFirst(_Watcher):
+        """Its first list hands the stale resourceVersion to the watch, as after a long disconnection."""
+
+        def _list(self):
+            rv = super()._list()
+            return stale_rv if self.lists == 1 else rv
+
+    seen: list = []
+    w = StaleFirst(backend, "pods", path, MANAGED_SELECTOR, lambda typ, obj, initial: seen.append(obj))
+    w.start()
+    try:
+        wait_for(lambda: w.lists >= 2, 30, what="a relist after 410")
+        _create_pod(core, ns, backend.pod_manifest(bot("after-410")))
+        wait_for(lambda: any(o["metadata"]["name"] == pod_name("after-410") for o in seen), 30,
+                 what="the watch working again after the relist")
+    finally:
+        w.stop()
