@@ -59,7 +59,7 @@ def main(bot_id, config):
         if steps and n >= steps:
             print("DONE", flush=True)
             return {"status": "success"}
-        time.sleep(0.1)
+        time.sleep(0.1)  # wait-ok: the test bot's own tick, not a test waiting
 '''
 
 C_BOT = r'''
