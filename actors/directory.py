@@ -13,7 +13,7 @@ from typing import Any
 import pykka
 
 from actors.backends.base import ExitResult, Handle
-from actors.messages import Exited
+from actors.messages import ClusterStatus, Exited
 from daemon.jsonlog import event
 
 log = logging.getLogger(__name__)
@@ -53,6 +53,4 @@ class Directory:
             event(log, "exit.unowned", bot_id=handle.bot_id, run_id=handle.run_id, code=result.code)
 
     def route_status(self, bot_id: str, status: dict) -> None:
-        from actors.messages import ClusterStatus
-
         self.tell("realtime", bot_id, ClusterStatus(status))
