@@ -11,19 +11,22 @@ Run: .venv/bin/python -m bench.kube_pods [--bots 500]   (builds/starts the clust
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
-from kubernetes import client as k8s
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # so `python bench/kube_pods.py` works too
 
-from actors.backends.base import RunSpec
-from actors.backends.kubernetes import LABEL_MANAGED, KubernetesBackend, api_request
-from actors.config import Config, KubernetesConfig
-from actors.messages import REALTIME, BotDefinition
-from tests.servers._util import wait_for
-from tests.servers.kube import KubeCluster
+from kubernetes import client as k8s  # noqa: E402
+
+from actors.backends.base import RunSpec  # noqa: E402
+from actors.backends.kubernetes import LABEL_MANAGED, KubernetesBackend, api_request  # noqa: E402
+from actors.config import Config, KubernetesConfig  # noqa: E402
+from actors.messages import REALTIME, BotDefinition  # noqa: E402
+from tests.servers._util import wait_for  # noqa: E402
+from tests.servers.kube import KubeCluster  # noqa: E402
 
 
 def make_bot(i: int) -> BotDefinition:
