@@ -47,9 +47,9 @@ def world(tmp_path, nats_server, s3_server, docker_daemon, docker_images):
     store = S3ObjectStore.from_env(s3_server.env)
     for name in ("counter", "report"):
         store.put_bytes(layout.CODE_BUCKET, f"{name}/code.zip", zip_dir(ROOT / "examples" / name))
+    # the runtime passes the storage variables to the daemon, never to the bot
     env = dict(s3_server.env, THE0_BACKEND="docker", THE0_DOCKER_NETWORK="host")
     rt = RuntimeProcess(tmp_path / "the0", nats_server.url, env)
-    rt.env.update(s3_server.env)  # the runtime passes them to the daemon, never to the bot
     client = docker_daemon.client()
     yield rt, store, client
     rt.stop()

@@ -68,11 +68,11 @@ class RuntimeProcess:
         self.data_dir = data_dir
         self.nats_url = nats_url
         self.http_port = free_port()
-        self.env = dict(os.environ, THE0_DATA_DIR=str(data_dir), NATS_URL=nats_url,
+        inherited = {k: v for k, v in os.environ.items() if k != "MINIO_ENDPOINT"}  # local store unless asked
+        self.env = dict(inherited, THE0_DATA_DIR=str(data_dir), NATS_URL=nats_url,
                         THE0_HTTP_ADDR=f"127.0.0.1:{self.http_port}", THE0_RECONCILE_INTERVAL="2",
                         MINIO_ACCESS_KEY="should-never-reach-a-bot", NATS_PASSWORD="nor-this")
         self.env.update(extra_env or {})
-        self.env.pop("MINIO_ENDPOINT", None)
         self.proc: subprocess.Popen | None = None
 
     def start(self):
@@ -289,3 +289,53 @@ def test_shutdown_stops_bots_unless_asked_to_leave_them(world):
     rt.start()
     wait_for(lambda: (rt.status(BOT) or {}).get("state") == "running", 30, what="adopted")
     assert bot_pids(BOT) == [pid]
+
+
+def s3_state_count(store, bot_id) -> int:
+    import io
+    import tarfile
+
+    try:
+        data = store.get_bytes(layout.STATE_BUCKET, layout.state_key(bot_id))
+    except Exception:  # noqa: BLE001 - the server may be down
+        return -1
+    if not data:
+        return 0
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as t:
+        for m in t.getmembers():
+            if m.name.lstrip("./") == "state.json":
+                return json.loads(t.extractfile(m).read())["count"]
+    return 0
+
+
+def test_object_store_outage_keeps_bots_running_and_loses_no_state(tmp_path, nats_server):
+    from daemon.storage_s3 import S3ObjectStore
+    from tests.servers._util import hold_for
+    from tests.servers.s3 import S3Server
+
+    (tmp_path / "s3").mkdir()
+    s3 = S3Server(tmp_path / "s3").start()
+    store = S3ObjectStore.from_env(s3.env, tries=1)
+    store.put_bytes(layout.CODE_BUCKET, "counter/code.zip", zip_dir(ROOT / "examples" / "counter"))
+    rt = RuntimeProcess(tmp_path / "the0", nats_server.url, s3.env)
+    bot = f"s3out-{secrets.token_hex(3)}"
+    try:
+        rt.start()
+        assert nats_request(rt.nats_url, "the0.bot.created", counter_doc(bot, "counter/code.zip"))["ok"]
+        wait_for(lambda: s3_state_count(store, bot) >= 2, 30, what="state in S3")
+        pid = bot_pids(bot)[0]
+        s3.stop()
+        wait_for(lambda: not rt.ready(), 20, what="readiness false while S3 is down")
+        hold_for(lambda: bot_pids(bot) == [pid] and rt.proc.poll() is None, 10,
+                 what="bot untouched while the object store is down")
+        ticks_during_outage = read_state_count(rt.data_dir, bot)
+        s3.start()  # same port; moto keeps nothing, so every object and bucket is gone
+        wait_for(rt.ready, 60, what="readiness true again")
+        # the state written during the outage reaches the store once it is back
+        wait_for(lambda: s3_state_count(store, bot) >= ticks_during_outage, 90, what="state re-uploaded")
+        assert bot_pids(bot) == [pid] and rt.status(bot)["restarts"] == 0
+    finally:
+        rt.stop()
+        s3.stop()
+        for p in bot_pids(bot):
+            os.kill(p, signal.SIGKILL)
