@@ -91,6 +91,9 @@ def test_store_edits_without_events_are_applied_within_one_period(tmp_path, nats
         bots.insert_one(the0_bot_doc(C1, "counter/code.zip"))  # no NATS message
         wait_for(lambda: len(bot_pids(C1)) == 1 and (rt.status(C1) or {}).get("state") == "running", 20,
                  what="bot started by the periodic reconcile")
+        # its status is stored beside the0's documents, in the runtime's own collection
+        status = client[names.bots_db]["runtime_status"]
+        wait_for(lambda: (status.find_one({"_id": C1}) or {}).get("state") == "running", 20, what="status stored")
         bots.delete_one({"id": C1})
         wait_for(lambda: bot_pids(C1) == [], 20, what="bot stopped after its document was deleted")
         client.close()
