@@ -262,6 +262,19 @@ def test_operator_cli_deploy_list_status_restart_logs(world):
         wait_for(lambda: "tick" in ctl(rt, "logs", bot, "--tail", "3").stdout, 30, what="ctl logs")
         status = ctl(rt, "status", bot)
         assert status.returncode == 0 and "running" in status.stdout
+        # logs -f: the shipped tail, then live lines published on the0.bot.logs.<id>
+        follow = subprocess.Popen([sys.executable, "-m", "actors.ctl", "--url", rt.nats_url, "logs", bot, "--tail", "1",
+                                   "-f"], cwd=ROOT, env=dict(os.environ, THE0_DATA_DIR=str(rt.data_dir)),
+                                  stdout=subprocess.PIPE, text=True)
+        try:
+            seen = []
+            deadline = time.monotonic() + 30
+            while time.monotonic() < deadline and len([x for x in seen if '"tick"' in x]) < 5:
+                seen.append(follow.stdout.readline())
+            assert len([x for x in seen if '"tick"' in x]) >= 5, seen
+        finally:
+            follow.kill()
+            follow.wait(10)
         missing = ctl(rt, "status", "no-such-bot")
         assert missing.returncode == 1 and "no-such-bot" in missing.stderr
         down = subprocess.run([sys.executable, "-m", "actors.ctl", "--url", "nats://127.0.0.1:1", "list"],
