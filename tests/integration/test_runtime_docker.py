@@ -9,17 +9,15 @@ container removed.
 """
 from __future__ import annotations
 
-import io
 import json
 import secrets
-import tarfile
 
 import pytest
 
 from actors.ctl import zip_dir
 from daemon import layout
 from daemon.storage_s3 import S3ObjectStore
-from tests.integration.test_runtime_process import ROOT, RuntimeProcess, counter_doc, nats_request
+from tests.integration.test_runtime_process import ROOT, RuntimeProcess, counter_doc, nats_request, stored_state_count
 from tests.servers._util import wait_for
 
 LABEL_BOT = "the0.runtime.bot-id"
@@ -29,17 +27,6 @@ SCHED = f"dks-{secrets.token_hex(3)}"
 
 def containers(client, bot_id, all_=True):
     return client.containers.list(all=all_, filters={"label": f"{LABEL_BOT}={bot_id}"})
-
-
-def state_count(store, bot_id) -> int:
-    data = store.get_bytes(layout.STATE_BUCKET, layout.state_key(bot_id))
-    if not data:
-        return 0
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as t:
-        for m in t.getmembers():
-            if m.name.lstrip("./") == "state.json":
-                return json.loads(t.extractfile(m).read())["count"]
-    return 0
 
 
 @pytest.fixture
@@ -63,16 +50,16 @@ def test_docker_mode_end_to_end(world):
     rt.start()
     assert nats_request(rt.nats_url, "the0.bot.created", counter_doc(BOT, "counter/code.zip"))["ok"]
     wait_for(lambda: [c for c in containers(client, BOT, all_=False)], 90, what="bot container running")
-    wait_for(lambda: state_count(store, BOT) >= 2, 60, what="state synced to S3")
+    wait_for(lambda: stored_state_count(store, BOT) >= 2, 60, what="state synced to S3")
 
     # docker kill -> restarted after the backoff; the counter continues from the last synced value
     (c1,) = containers(client, BOT, all_=False)
-    synced = state_count(store, BOT)
+    synced = stored_state_count(store, BOT)
     c1.kill()
     wait_for(lambda: (rt.status(BOT) or {}).get("restarts") == 1
              and [c for c in containers(client, BOT, all_=False) if c.id != c1.id], 90, what="restart")
-    wait_for(lambda: state_count(store, BOT) > synced, 60, what="counter continues")
-    first_after_restart = state_count(store, BOT)
+    wait_for(lambda: stored_state_count(store, BOT) > synced, 60, what="counter continues")
+    first_after_restart = stored_state_count(store, BOT)
     assert first_after_restart > synced
     assert len(containers(client, BOT)) == 1  # the crashed one was removed once its exit was recorded
 

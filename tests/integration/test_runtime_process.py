@@ -304,7 +304,8 @@ def test_shutdown_stops_bots_unless_asked_to_leave_them(world):
     assert bot_pids(BOT) == [pid]
 
 
-def s3_state_count(store, bot_id) -> int:
+def stored_state_count(store, bot_id) -> int:
+    """The counter in the bot's state as the object store holds it: 0 when absent, -1 when unreachable."""
     import io
     import tarfile
 
@@ -335,7 +336,7 @@ def test_object_store_outage_keeps_bots_running_and_loses_no_state(tmp_path, nat
     try:
         rt.start()
         assert nats_request(rt.nats_url, "the0.bot.created", counter_doc(bot, "counter/code.zip"))["ok"]
-        wait_for(lambda: s3_state_count(store, bot) >= 2, 30, what="state in S3")
+        wait_for(lambda: stored_state_count(store, bot) >= 2, 30, what="state in S3")
         pid = bot_pids(bot)[0]
         s3.stop()
         wait_for(lambda: not rt.ready(), 20, what="readiness false while S3 is down")
@@ -345,7 +346,7 @@ def test_object_store_outage_keeps_bots_running_and_loses_no_state(tmp_path, nat
         s3.start()  # same port; moto keeps nothing, so every object and bucket is gone
         wait_for(rt.ready, 60, what="readiness true again")
         # the state written during the outage reaches the store once it is back
-        wait_for(lambda: s3_state_count(store, bot) >= ticks_during_outage, 90, what="state re-uploaded")
+        wait_for(lambda: stored_state_count(store, bot) >= ticks_during_outage, 90, what="state re-uploaded")
         assert bot_pids(bot) == [pid] and rt.status(bot)["restarts"] == 0
     finally:
         rt.stop()
